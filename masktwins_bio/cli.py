@@ -1,0 +1,60 @@
+"""The ``masktwins-bio`` console script: one verb per job, each in ``masktwins_bio/commands``.
+
+This module only parses and dispatches. Every verb module exposes ``register(subparsers)``, which
+adds its parser and sets ``func`` to a callable taking the parsed arguments and returning an exit
+status. Errors the user can fix (``MaskTwinsError``) print as one line and exit 2; ``--debug``
+re-raises them with the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import MaskTwinsError
+
+# Verb modules under masktwins_bio.commands, in the order `--help` lists them.
+VERBS = ["demo", "train", "predict", "evaluate", "segment", "convert", "datasets", "download"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="masktwins-bio",
+        description="Adapt EM segmentation networks to unlabelled volumes with MaskTwins.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of errors instead of one line")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for verb in VERBS:
+        try:
+            module = importlib.import_module(f"masktwins_bio.commands.{verb}")
+        except ModuleNotFoundError as err:
+            if err.name == f"masktwins_bio.commands.{verb}":
+                continue  # verb not shipped in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    # `--debug` may also follow the verb; argparse only knows it before, so lift it out.
+    debug = "--debug" in argv
+    if debug:
+        argv = [a for a in argv if a != "--debug"]
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MaskTwinsError as err:
+        if debug:
+            raise
+        print(f"masktwins-bio: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("masktwins-bio: interrupted; a run can continue with --resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""``masktwins-bio train``: adapt a network from a labelled source to an unlabelled target."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..config import METHODS, RunConfig, build_config, load_yaml, save_yaml
+from ..errors import ConfigError, InputError
+from ._common import config_layers, prepare_run_dir
+
+SYNTHETIC = {"synthetic-source": "source", "synthetic-target": "target"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a network with a UDA method",
+                       description="Train on a labelled source and adapt to an unlabelled "
+                                   "target. Trailing key=value pairs override config keys, "
+                                   "e.g. mask.ratio=0.4 mask.block=[1,32,32].")
+    src = p.add_argument_group("data")
+    src.add_argument("--source", help="source dataset name (see `masktwins-bio datasets`)")
+    src.add_argument("--source-image", help="source image volume (path)")
+    src.add_argument("--source-label", help="source label volume (path)")
+    src.add_argument("--target", help="target dataset name")
+    src.add_argument("--target-image", help="target image volume (path)")
+    src.add_argument("--target-label",
+                     help="target labels, used only for validation metrics, never for training")
+    src.add_argument("--data-root", help="where named datasets live (else $MASKTWINS_DATA)")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--method", choices=METHODS)
+    p.add_argument("--dims", type=int, choices=(2, 3))
+    p.add_argument("--iters", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=run)
+
+
+def _named_domain(name: str, role: str, cfg: RunConfig, data_root: str | None):
+    """A dataset name -> (image, labels or None) arrays."""
+    if name in SYNTHETIC:
+        from ..data.synthetic import demo_pair
+
+        image, labels = demo_pair(cfg.dims, seed=cfg.seed)[SYNTHETIC[name]]
+        return image, labels
+    from ..data.registry import dataset_volumes  # the registry knows where each name lives
+
+    image_spec, label_spec = dataset_volumes(name, role, data_root)
+    return _load_paths(image_spec, label_spec, cfg)
+
+
+def _load_paths(image_spec, label_spec, cfg: RunConfig):
+    from ..data.volumes import load_image, load_labels, open_volume
+
+    vol = open_volume(image_spec)
+    if cfg.dims == 3 and vol.ndim_source == 2:
+        raise InputError(f"'{image_spec}' is a single 2D image but --dims 3 needs a volume; "
+                         "use --dims 2 or give a stack of slices.")
+    image = load_image(image_spec)
+    labels = load_labels(label_spec) if label_spec else None
+    if labels is not None and labels.shape != image.shape:
+        raise InputError(f"The image '{image_spec}' has shape {image.shape} but the labels "
+                         f"'{label_spec}' have shape {labels.shape}; give labels of the same "
+                         "volume.")
+    return image, labels
+
+
+def load_domains(cfg: RunConfig, data_root: str | None = None):
+    """Source (image, labels), target image or None, target labels or None."""
+    from ..train.domains import Domain
+
+    d = cfg.data
+    if d.source:
+        s_img, s_lab = _named_domain(d.source, "source", cfg, data_root)
+    elif d.source_image and d.source_label:
+        s_img, s_lab = _load_paths(d.source_image, d.source_label, cfg)
+    else:
+        raise ConfigError("No source data; give --source NAME or both --source-image and "
+                          "--source-label.")
+    if s_lab is None:
+        raise InputError(f"The source '{d.source}' has no labels; a source must be labelled.")
+    source = Domain.from_arrays("source", s_img, s_lab, d.low_pct, d.high_pct)
+    target, t_lab = None, None
+    if d.target:
+        t_img, t_lab = _named_domain(d.target, "target", cfg, data_root)
+    elif d.target_image:
+        t_img, _ = _load_paths(d.target_image, None, cfg)
+    else:
+        t_img = None
+    if d.target_label:
+        from ..data.volumes import load_labels
+
+        t_lab = load_labels(d.target_label)
+    if t_img is None and cfg.method != "source-only":
+        raise ConfigError(f"--method {cfg.method} adapts to a target; give --target NAME or "
+                          "--target-image PATH (or use --method source-only).")
+    if t_img is not None:
+        if t_lab is not None and t_lab.shape != t_img.shape:
+            raise InputError(f"The target image has shape {t_img.shape} but the target labels "
+                             f"have shape {t_lab.shape}; give labels of the same volume.")
+        target = Domain.from_arrays("target", t_img, None, d.low_pct, d.high_pct)
+    for dom in (source, target):
+        if dom is not None:
+            dom.check_crop(cfg.crop, cfg.dims)
+    return source, target, t_lab
+
+
+def _resolve_config(args) -> RunConfig:
+    flags = {"method": args.method, "dims": args.dims, "iters": args.iters, "seed": args.seed,
+             "device": args.device}
+    data = {k: getattr(args, k) for k in ("source", "source_image", "source_label", "target",
+                                          "target_image", "target_label")}
+    data = {k: v for k, v in data.items() if v is not None}
+    if data:
+        flags["data"] = data
+    layers = config_layers(args.config, flags, args.overrides)
+    if args.resume:
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise InputError(f"Nothing to resume in '{args.out}' (no config.yaml); start the "
+                             "run without --resume.")
+        # The saved config is the base; only the budget and device may change on resume.
+        base = build_config(load_yaml(saved))
+        new = build_config(*layers)
+        if any(layer for layer in layers):
+            changed = _changed_keys(base.to_dict(), new.to_dict(), allowed={"iters", "device"},
+                                    given=layers)
+            if changed:
+                raise ConfigError(f"--resume continues the saved run, but these keys differ "
+                                  f"from its config.yaml: {', '.join(changed)}; drop them or "
+                                  "start a new run.")
+        for key in ("iters", "device"):
+            if any(key in layer for layer in layers):
+                setattr(base, key, getattr(new, key))
+        return base
+    return build_config(*layers)
+
+
+def _changed_keys(old: dict, new: dict, allowed: set, given: list[dict], prefix="") -> list:
+    out = []
+    for key, value in new.items():
+        full = prefix + key
+        if isinstance(value, dict):
+            out += _changed_keys(old[key], value, allowed, given, full + ".")
+        elif value != old.get(key) and full not in allowed and _given(full, given):
+            out.append(full)
+    return out
+
+
+def _given(full: str, layers: list[dict]) -> bool:
+    for layer in layers:
+        node = layer
+        for part in full.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return True
+    return False
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.trainer import Trainer
+
+    cfg = _resolve_config(args)
+    out = Path(args.out)
+    prepare_run_dir(out, args.resume, args.overwrite)
+    source, target, t_lab = load_domains(cfg, args.data_root)
+    trainer = Trainer(cfg, source, target, out, target_labels=t_lab, progress=not args.quiet)
+    if args.resume:
+        trainer.resume()
+    save_yaml(cfg, out / "config.yaml")
+    summary = trainer.fit()
+    final = summary.get("final")
+    msg = f"done: {summary['iterations']} iterations in {summary['seconds']:.0f} s -> {out}"
+    if final:
+        msg += (f"; target IoU {100 * final['iou']:.1f}, best {100 * summary['best']['iou']:.1f}"
+                f" at iteration {summary['best']['iteration']}")
+    print(msg)
+    return 0

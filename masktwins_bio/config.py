@@ -1,0 +1,279 @@
+"""Typed run configuration: dataclasses, YAML files and ``key=value`` overrides, validated.
+
+Every weight, threshold, ratio, block size, EMA momentum, learning rate and schedule of a run is
+a key here, so a run directory's ``config.yaml`` alone reproduces it. Precedence, lowest first:
+defaults < ``--config FILE`` < CLI flags (``--method``, ``--iters`` ...) < trailing overrides
+(``mask.ratio=0.4 mask.block=[1,32,32]``). Unknown keys are errors that list the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+METHODS = ("source-only", "mean-teacher", "mic", "rmask", "masktwins")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"                      # "unet" (residual units) or "basicunet" (MONAI)
+    channels: list = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list = field(default_factory=lambda: [2, 2, 2])  # ints, or [z,y,x] lists in 3D
+    num_res_units: int = 2
+    norm: str = "batch"
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    source: str | None = None               # registry name (alternative to the two paths)
+    source_image: str | None = None
+    source_label: str | None = None
+    target: str | None = None
+    target_image: str | None = None
+    target_label: str | None = None         # only for validation metrics, never for training
+    crop: list | None = None                # (Y, X) in 2D, (Z, Y, X) in 3D; None: by dims
+    batch_source: int = 2
+    batch_target: int = 2
+    low_pct: float = 0.5                    # normalisation clip percentiles, per volume
+    high_pct: float = 99.5
+    foreground_prob: float = 0.0            # chance that a source crop is drawn around foreground
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    rot90: bool = True
+    brightness: float = 0.2                 # additive shift range, in normalised units
+    contrast: float = 0.25                  # multiplicative range 1 +- contrast
+    noise: float = 0.1                      # max std of additive gaussian noise
+    blur_prob: float = 0.3
+    blur_sigma: float = 1.0                 # max sigma (voxels) of in-plane gaussian blur
+
+
+@dataclass
+class MaskConfig:
+    ratio: float = 0.5                      # fraction of blocks hidden in the first twin
+    block: list = field(default_factory=lambda: [1, 32, 32])  # per axis (z, y, x)
+
+
+@dataclass
+class UDAConfig:
+    ema: float = 0.999                      # teacher momentum cap: alpha = min(1 - 1/(t+1), ema)
+    tau: float = 0.968                      # confidence threshold of the pseudo-label weight
+    pseudo_threshold: float = 0.5           # teacher probability above which a voxel is foreground
+    lambda_cl: float = 1.0                  # weight of the (pseudo-label) consistency-learning term
+    lambda_cm: float = 0.01                 # weight of the twins' logit MSE
+    warmup_iters: int = 0                   # source-only iterations before target terms switch on
+    eval_model: str = "teacher"             # network that predicts: "teacher" (EMA) or "student"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    schedule: str = "poly"                  # "poly", "cosine" or "constant"
+    power: float = 0.9
+    warmup_iters: int = 0                   # linear LR warm-up
+
+
+@dataclass
+class RunConfig:
+    method: str = "masktwins"
+    dims: int = 2
+    iters: int = 2000
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                        # bf16/fp16 autocast on CUDA; ignored on CPU
+    checkpoint_every: int = 500
+    val_every: int = 500
+    log_every: int = 20
+    image_every: int = 500
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    uda: UDAConfig = field(default_factory=UDAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    # -- derived values ---------------------------------------------------------------------
+    @property
+    def crop(self) -> tuple[int, ...]:
+        if self.data.crop is not None:
+            return tuple(int(c) for c in self.data.crop)
+        return (256, 256) if self.dims == 2 else (16, 128, 128)
+
+    @property
+    def block(self) -> tuple[int, ...]:
+        """Mask block per spatial axis of the network input (2D drops the z entry)."""
+        b = [int(v) for v in self.mask.block]
+        if len(b) == 1:
+            return tuple(b * self.dims)
+        if len(b) == self.dims:
+            return tuple(b)
+        if len(b) == 3 and self.dims == 2:
+            return tuple(b[1:])
+        raise ConfigError(f"mask.block={self.mask.block} has {len(b)} entries but the network is "
+                          f"{self.dims}D; give 1, {self.dims}" + (" or 3" if self.dims == 2 else "")
+                          + " block sizes.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _section_types(cls) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check and convert one value against its annotated type."""
+    origin, args = get_origin(typ), get_args(typ)
+    if value is None and (type(None) in args):
+        return None
+    if args and type(None) in args:  # Optional[X]
+        typ = next(a for a in args if a is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif typ is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    raise ConfigError(f"{key}={value!r} is not a valid {getattr(typ, '__name__', typ)}; "
+                      f"give a value of that type.")
+
+
+def _apply(obj, data: dict, prefix: str = "") -> None:
+    hints = _section_types(type(obj))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            valid = ", ".join(prefix + k for k in hints)
+            raise ConfigError(f"Unknown config key '{full}'; valid keys here are: {valid}.")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{full}' is a section; give a mapping such as "
+                                  f"{full}.{next(iter(_section_types(type(current))))}=...")
+            _apply(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def parse_override(text: str) -> dict:
+    """``a.b=value`` -> {"a": {"b": value}} with the value parsed as YAML (lists, numbers...)."""
+    if "=" not in text:
+        raise ConfigError(f"Override '{text}' has no '='; write it as key=value, "
+                          "e.g. mask.ratio=0.4.")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"Cannot parse the value of override '{text}'; use YAML syntax, "
+                          "e.g. mask.block=[1,32,32].") from None
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist; check the path.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file '{path}' is not valid YAML ({err.__class__.__name__}); "
+                          "fix its syntax.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of keys to values.")
+    return data
+
+
+def build_config(*layers: dict) -> RunConfig:
+    """Apply dict layers in order over the defaults and validate the result."""
+    cfg = RunConfig()
+    for layer in layers:
+        if layer:
+            _apply(cfg, layer)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    return build_config(data)
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range checks; each failure names the key, the allowed range and the value given."""
+    _check(cfg.method in METHODS, f"method={cfg.method!r} is unknown; choose one of "
+           f"{', '.join(METHODS)}.")
+    _check(cfg.dims in (2, 3), f"dims={cfg.dims} is not supported; use 2 or 3.")
+    _check(cfg.iters >= 1, f"iters={cfg.iters} must be at least 1.")
+    _check(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
+           f"device={cfg.device!r} is unknown; use auto, cpu or cuda.")
+    for key in ("checkpoint_every", "val_every", "log_every", "image_every"):
+        _check(getattr(cfg, key) >= 1, f"{key}={getattr(cfg, key)} must be at least 1.")
+    _check(0.0 < cfg.mask.ratio < 1.0, f"mask.ratio={cfg.mask.ratio} must lie strictly "
+           "between 0 and 1.")
+    _check(all(isinstance(b, int) and b >= 1 for b in cfg.mask.block),
+           f"mask.block={cfg.mask.block} must be whole numbers of at least 1 voxel.")
+    cfg.block  # raises on a wrong number of entries
+    _check(len(cfg.crop) == cfg.dims and all(int(c) >= 8 for c in cfg.crop),
+           f"data.crop={list(cfg.crop)} must give {cfg.dims} sizes of at least 8 voxels.")
+    _check(all(b <= c for b, c in zip(cfg.block, cfg.crop)),
+           f"mask.block={list(cfg.block)} is larger than the crop {list(cfg.crop)}; "
+           "use smaller blocks or a larger data.crop.")
+    _check(cfg.data.batch_source >= 1 and cfg.data.batch_target >= 1,
+           "data.batch_source and data.batch_target must be at least 1.")
+    _check(0.0 <= cfg.data.low_pct < cfg.data.high_pct <= 100.0,
+           "data.low_pct and data.high_pct must satisfy 0 <= low < high <= 100.")
+    _check(0.0 <= cfg.data.foreground_prob <= 1.0, "data.foreground_prob must lie in [0, 1].")
+    _check(0.0 <= cfg.uda.ema < 1.0, f"uda.ema={cfg.uda.ema} must lie in [0, 1).")
+    _check(0.5 <= cfg.uda.tau <= 1.0, f"uda.tau={cfg.uda.tau} must lie in [0.5, 1].")
+    _check(0.0 < cfg.uda.pseudo_threshold < 1.0, "uda.pseudo_threshold must lie in (0, 1).")
+    _check(cfg.uda.lambda_cl >= 0 and cfg.uda.lambda_cm >= 0,
+           "uda.lambda_cl and uda.lambda_cm must not be negative.")
+    _check(cfg.uda.warmup_iters >= 0, "uda.warmup_iters must not be negative.")
+    _check(cfg.uda.eval_model in ("teacher", "student"),
+           f"uda.eval_model={cfg.uda.eval_model!r} is unknown; use teacher or student.")
+    _check(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be positive.")
+    _check(cfg.optim.schedule in ("poly", "cosine", "constant"),
+           f"optim.schedule={cfg.optim.schedule!r} is unknown; use poly, cosine or constant.")
+    _check(cfg.model.name in ("unet", "basicunet"),
+           f"model.name={cfg.model.name!r} is unknown; use unet or basicunet.")
+    _check(len(cfg.model.channels) == len(cfg.model.strides) + 1,
+           "model.channels must have one entry more than model.strides.")
+    for key in ("brightness", "contrast", "noise", "blur_prob", "blur_sigma"):
+        _check(getattr(cfg.augment, key) >= 0, f"augment.{key} must not be negative.")
+
+
+def save_yaml(cfg: RunConfig, path: Path) -> None:
+    """Write the resolved config atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)

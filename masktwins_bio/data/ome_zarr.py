@@ -1,0 +1,131 @@
+"""Write chunked, compressed OME-Zarr (NGFF 0.5, zarr v3) images block by block.
+
+Layout of one image::
+
+    image.ome.zarr/            group; attrs["ome"]["multiscales"]: axes z, y, x in nanometres
+      0/ 1/ ...                resolution levels (level k is 2**k smaller in y and x)
+      labels/<name>/0 ...      optional label images (same layout, "image-label" metadata)
+
+Arrays are sharded: small inner chunks (cheap random crops) inside shards of a few MB (few files).
+Memory stays bounded: data is copied in shard-aligned blocks of at most ``block_bytes``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import InputError
+
+BLOCK_BYTES = 128 * 2**20
+SHARD_TARGET_BYTES = 16 * 2**20
+MAX_CHUNK_BYTES = 256 * 2**20
+
+
+def parse_chunks(text: str | None, default: tuple) -> tuple[int, int, int]:
+    """``"z,y,x"`` → a tuple of three positive ints (None → ``default``)."""
+    if text is None:
+        return tuple(default)
+    try:
+        values = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise InputError(f"Chunk spec '{text}' does not fit: give three positive numbers z,y,x, "
+                         "e.g. --chunks 8,128,128.")
+    return values
+
+
+def fit_chunks(chunks: tuple, shape: tuple, itemsize: int) -> tuple:
+    """Chunks clipped to the volume; InputError when one chunk would be unreasonably large."""
+    fitted = tuple(min(c, s) for c, s in zip(chunks, shape))
+    nbytes = math.prod(fitted) * itemsize
+    if nbytes > MAX_CHUNK_BYTES:
+        raise InputError(f"Chunks {chunks} would be {nbytes / 2**20:.0f} MB each; choose chunks "
+                         f"under {MAX_CHUNK_BYTES // 2**20} MB, e.g. --chunks 8,128,128.")
+    return fitted
+
+
+def shard_shape(chunks: tuple, shape: tuple, itemsize: int) -> tuple:
+    """Whole multiples of ``chunks`` (y/x first) holding up to ~SHARD_TARGET_BYTES."""
+    shard = list(chunks)
+    grow = True
+    while grow:
+        grow = False
+        for axis in (2, 1, 0):
+            bigger = shard.copy()
+            bigger[axis] *= 2
+            if (math.prod(bigger) * itemsize <= SHARD_TARGET_BYTES
+                    and bigger[axis] < 2 * shape[axis]):
+                shard, grow = bigger, True
+    return tuple(min(s, -(-n // c) * c) for s, n, c in zip(shard, shape, chunks))
+
+
+def block_shape(unit: tuple, shape: tuple, itemsize: int, budget: int = BLOCK_BYTES) -> tuple:
+    """A copy block: whole ``unit``s (shards), grown in x, then y, then z, within ``budget``."""
+    block = list(unit)
+    for axis in (2, 1, 0):
+        n_units = -(-shape[axis] // unit[axis])
+        per_unit = math.prod(block) * itemsize
+        k = max(1, min(n_units, budget // max(per_unit, 1)))
+        block[axis] = unit[axis] * k
+    return tuple(min(b, -(-s // u) * u) for b, s, u in zip(block, shape, unit))
+
+
+def iter_blocks(shape: tuple, block: tuple):
+    for z in range(0, shape[0], block[0]):
+        for y in range(0, shape[1], block[1]):
+            for x in range(0, shape[2], block[2]):
+                yield (slice(z, min(z + block[0], shape[0])), slice(y, min(y + block[1], shape[1])),
+                       slice(x, min(x + block[2], shape[2])))
+
+
+def multiscales_meta(name: str, n_levels: int, voxel_size: tuple | None) -> dict:
+    base = list(voxel_size) if voxel_size else [1.0, 1.0, 1.0]
+    datasets = [{"path": str(k), "coordinateTransformations": [
+        {"type": "scale", "scale": [base[0], base[1] * 2**k, base[2] * 2**k]}]}
+        for k in range(n_levels)]
+    unit = {"unit": "nanometer"} if voxel_size else {}
+    axes = [{"name": a, "type": "space", **unit} for a in "zyx"]
+    return {"version": "0.5", "name": name, "axes": axes, "datasets": datasets}
+
+
+def create_level(group, path: str, shape: tuple, dtype, chunks: tuple):
+    from zarr.codecs import BloscCodec
+    dtype = np.dtype(dtype)
+    chunks = fit_chunks(chunks, shape, dtype.itemsize)
+    shards = shard_shape(chunks, shape, dtype.itemsize)
+    return group.create_array(
+        path, shape=shape, dtype=dtype, chunks=chunks, shards=shards,
+        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+        dimension_names=("z", "y", "x"), fill_value=0)
+
+
+def copy_blocks(read, out, progress=None, on_block=None) -> None:
+    """``out[b] = read(b)`` for every shard-aligned block ``b``; ``on_block(b, data)`` sees each."""
+    unit = out.shards or out.chunks
+    block = block_shape(unit, out.shape, out.dtype.itemsize)
+    for b in iter_blocks(out.shape, block):
+        data = read(b)
+        out[b] = data
+        if on_block is not None:
+            on_block(b, data)
+        if progress is not None:
+            progress(math.prod(s.stop - s.start for s in b))
+
+
+def downsample_level(src, dst, is_label: bool, progress=None) -> None:
+    """dst = src reduced 2× in y and x (mean for images, top-left voxel for labels)."""
+    def read(b):
+        zs, ys, xs = b
+        data = np.asarray(src[zs, ys.start * 2:ys.stop * 2, xs.start * 2:xs.stop * 2])
+        if is_label:
+            return data[:, ::2, ::2]
+        ny, nx = 2 * (ys.stop - ys.start), 2 * (xs.stop - xs.start)
+        pad = np.pad(data.astype(np.float32),
+                     ((0, 0), (0, ny - data.shape[1]), (0, nx - data.shape[2])), mode="edge")
+        small = pad.reshape(pad.shape[0], pad.shape[1] // 2, 2, pad.shape[2] // 2, 2).mean((2, 4))
+        if dst.dtype.kind in "iu":
+            small = np.rint(small)
+        return small.astype(dst.dtype)
+    copy_blocks(read, dst, progress)

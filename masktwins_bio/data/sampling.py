@@ -1,0 +1,218 @@
+"""Random 2D or 3D training crops from chunked volumes, reproducible per item index.
+
+``CropDataset(image, labels=None, crop=(256, 256), length=10**6, seed=0)`` is a torch
+``Dataset``. Item ``i`` is a dict, fully determined by ``(seed, i)`` (its generator is
+``np.random.default_rng([seed, i])``), so a resumed run that continues at the next index
+sees exactly the items the uninterrupted run would have seen:
+
+=========  ====================================================================================
+image      float32 tensor (1, Y, X) for a 2D crop, (1, Z, Y, X) for a 3D one; normalised with
+           the volume's stored :class:`~.normalize.IntensityStats`, then augmented
+label      float32 0/1 tensor of the same shape (only when ``labels`` is given)
+origin     int64 tensor (3,): the crop's (z, y, x) corner in the volume
+index      the item index ``i``
+=========  ====================================================================================
+
+Options: ``foreground_prob`` (0–1): the probability that a crop is drawn to contain foreground,
+using a coarse foreground index computed once per label volume (see :mod:`.stats`);
+``normalise`` (True: stored per-volume stats; False; or an ``IntensityStats``); ``transform``
+("default": :func:`~.augment.default_transforms`, None, or a callable on the dict);
+``reader`` ("fast": tensorstore for local zarr, else the format's reader).
+``image``/``labels`` may be specs, :class:`~.volumes.Volume` objects or numpy (Z, Y, X) arrays
+(in memory). Volumes open lazily in each DataLoader worker.
+
+:func:`make_loader` wraps it in a DataLoader with persistent workers, pinned memory (on CUDA)
+and prefetching, starting at item ``start`` (resume).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import InputError
+from .augment import apply_seeded, default_transforms, seed_for
+from .normalize import IntensityStats, compute_stats
+from .stats import INDEX_CELL, foreground_index, volume_stats
+from .volumes import Volume, binarise_labels, open_volume
+
+
+def _as_3d(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    return arr[np.newaxis] if arr.ndim == 2 else arr
+
+
+class CropDataset(Dataset):
+    """Random crops, item ``i`` deterministic given ``(seed, i)``; see the module docstring."""
+
+    def __init__(self, image, labels=None, crop=(256, 256), length: int = 1_000_000,
+                 seed: int = 0, foreground_prob: float = 0.0, normalise=True,
+                 transform="default", label_rule: str = "binarise", reader: str = "fast"):
+        self._image_src = _as_3d(image) if isinstance(image, np.ndarray) else image
+        self._label_src = _as_3d(labels) if isinstance(labels, np.ndarray) else labels
+        self.crop = tuple(int(c) for c in crop)
+        if len(self.crop) not in (2, 3) or min(self.crop) < 1:
+            raise InputError(f"Crop size {crop} does not fit: give 2 (y, x) or 3 (z, y, x) "
+                             "positive numbers.")
+        if not 0.0 <= foreground_prob <= 1.0:
+            raise InputError(f"foreground_prob {foreground_prob} is out of range; use 0 to 1.")
+        self.length, self.seed = int(length), int(seed)
+        self.foreground_prob, self.label_rule, self.reader = foreground_prob, label_rule, reader
+        image_vol = self._open(self._image_src)
+        self.shape = tuple(image_vol.shape)
+        self.crop3 = self.crop if len(self.crop) == 3 else (1,) + self.crop
+        if any(c > n for c, n in zip(self.crop3, self.shape)):
+            raise InputError(f"Crop {self.crop} is larger than the volume {self.shape}; choose a "
+                             "smaller crop.")
+        if self._label_src is not None:
+            label_shape = tuple(self._open(self._label_src).shape)
+            if label_shape != self.shape:
+                raise InputError(f"Labels have shape {label_shape} but the image has "
+                                 f"{self.shape}; give labels of the same shape.")
+        self.stats = self._stats(normalise, image_vol)
+        self._fg_cells = None
+        if foreground_prob > 0 and self._label_src is not None:
+            self._fg_cells = self._foreground_cells()
+        self.transform = (default_transforms(len(self.crop), self._keys())
+                          if transform == "default" else transform)
+        self._pid, self._vols = None, None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _keys(self):
+        return ("image", "label") if self._label_src is not None else ("image",)
+
+    def _open(self, src):
+        if isinstance(src, (np.ndarray, Volume)):
+            return src
+        return open_volume(src)  # metadata only; workers reopen with the fast reader
+
+    def _stats(self, normalise, image_vol):
+        if normalise is False or normalise is None:
+            return None
+        if isinstance(normalise, IntensityStats):
+            return normalise
+        if isinstance(self._image_src, np.ndarray):
+            return compute_stats(self._image_src)
+        return volume_stats(image_vol)
+
+    def _foreground_cells(self) -> np.ndarray:
+        if isinstance(self._label_src, np.ndarray):
+            mask = (self._label_src > 0 if self.label_rule == "nonzero"
+                    else binarise_labels(self._label_src))
+            pad = [(0, -n % c) for n, c in zip(mask.shape, INDEX_CELL)]
+            m = np.pad(mask, pad)
+            g = [n // c for n, c in zip(m.shape, INDEX_CELL)]
+            counts = m.reshape(g[0], INDEX_CELL[0], g[1], INDEX_CELL[1], g[2],
+                               INDEX_CELL[2]).sum((1, 3, 5))
+        else:
+            counts = foreground_index(self._label_src, INDEX_CELL, self.label_rule)
+        self._index_shape = counts.shape
+        return np.flatnonzero(counts)
+
+    def _volumes(self):
+        if self._pid != os.getpid():  # first use in this process (each worker opens its own)
+            def fast(src):
+                if isinstance(src, np.ndarray) or src is None:
+                    return src
+                spec = src.path if isinstance(src, Volume) else src
+                return open_volume(spec, reader=self.reader)
+            self._vols = (fast(self._image_src), fast(self._label_src))
+            self._pid = os.getpid()
+        return self._vols
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_vols"], state["_pid"] = None, None
+        return state
+
+    # -- sampling ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.length
+
+    def origin(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        """A crop corner: uniform, or covering a random foreground cell."""
+        if (self._fg_cells is not None and len(self._fg_cells)
+                and rng.random() < self.foreground_prob):
+            cell = np.unravel_index(self._fg_cells[rng.integers(len(self._fg_cells))],
+                                    self._index_shape)
+            corner = []
+            for c, size, n, crop in zip(cell, INDEX_CELL, self.shape, self.crop3):
+                start, end = c * size, min(c * size + size, n)
+                lo, hi = max(0, end - crop), min(start, n - crop)
+                corner.append(int(rng.integers(lo, hi + 1)) if lo <= hi
+                              else int(rng.integers(max(0, start - crop + 1),
+                                                    min(start, n - crop) + 1)))
+            return tuple(corner)
+        return tuple(int(rng.integers(0, n - c + 1)) for n, c in zip(self.shape, self.crop3))
+
+    def read_crop(self, origin) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw image and label crops at ``origin`` (channel-first, before normalisation)."""
+        image_vol, label_vol = self._volumes()
+        box = tuple(slice(o, o + c) for o, c in zip(origin, self.crop3))
+        if len(self.crop) == 2:
+            box = (origin[0],) + box[1:]
+        image = np.asarray(image_vol[box])[np.newaxis]
+        label = None
+        if label_vol is not None:
+            raw = np.asarray(label_vol[box])
+            label = (raw > 0 if self.label_rule == "nonzero" else binarise_labels(raw))[None]
+        return image, label
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(i)])
+        origin = self.origin(rng)
+        image, label = self.read_crop(origin)
+        image = (self.stats.apply(image) if self.stats is not None
+                 else image.astype(np.float32))
+        sample = {"image": image}
+        if label is not None:
+            sample["label"] = label.astype(np.float32)
+        aug_seed = seed_for(rng)
+        if self.transform is not None:
+            sample = apply_seeded(self.transform, sample, aug_seed)
+        out = {k: _plain_tensor(v) for k, v in sample.items()}
+        out["origin"] = torch.tensor(origin, dtype=torch.int64)
+        out["index"] = int(i)
+        return out
+
+
+def _plain_tensor(x) -> torch.Tensor:
+    if hasattr(x, "as_tensor"):  # MONAI MetaTensor → plain tensor (cheaper to collate)
+        x = x.as_tensor()
+    return torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
+
+
+class _RangeSampler(Sampler):
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def make_loader(dataset: CropDataset, batch_size: int, start: int = 0,
+                workers: int | None = None, pin_memory: bool | None = None,
+                prefetch_factor: int = 4) -> DataLoader:
+    """A DataLoader over items ``start, start+1, …`` (resume = pass the next item index)."""
+    workers = default_workers() if workers is None else int(workers)
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    kwargs = dict(persistent_workers=True, prefetch_factor=prefetch_factor) if workers else {}
+    if workers:
+        from .formats.tensorstore_reader import used_in_this_process
+        if used_in_this_process():  # forked workers could not use tensorstore
+            kwargs["multiprocessing_context"] = "forkserver"
+    return DataLoader(dataset, batch_size=batch_size, sampler=_RangeSampler(start, len(dataset)),
+                      num_workers=workers, pin_memory=pin, drop_last=False, **kwargs)

@@ -1,0 +1,94 @@
+"""The five UDA methods as one function over a shared trainer step.
+
+Every method supervises the student on the source. The others add target terms:
+
+================  ========================================================================
+source-only       nothing
+mean-teacher      L(student(x_t), pseudo)                 -- EMA pseudo-labels, no masks
+mic               L(student(x_t * M), pseudo)              -- one masked view (MIC)
+rmask             two independent masks (ratios r, 1-r): L_cl on both + L_cm between them
+masktwins         complementary pair (M, 1-M):              L_cl on both + L_cm between them
+================  ========================================================================
+
+``rmask`` differs from ``masktwins`` only in how the second mask is drawn, which is what the
+paper's ablation isolates. Pseudo-labels come from the teacher on the *unmasked*, weakly
+augmented target; the student sees the photometrically augmented target (the same for both
+twins), then masked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import RunConfig
+from ..masking import block_mask, complementary_twins, independent_masks
+from .losses import SegmentationLoss, pseudo_label, twin_consistency
+
+USES_TEACHER = {"mean-teacher", "mic", "rmask", "masktwins"}
+USES_MASKS = {"mic", "rmask", "masktwins"}
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    terms: dict = field(default_factory=dict)     # scalar floats for logging
+    views: dict = field(default_factory=dict)     # tensors for the image grid (detached)
+
+
+def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module | None,
+             seg_loss: SegmentationLoss, src_x: torch.Tensor, src_y: torch.Tensor,
+             tgt_weak: torch.Tensor | None, tgt_strong: torch.Tensor | None,
+             gen: torch.Generator, adapt: bool, keep_views: bool = False) -> StepOutput:
+    """Total loss of one iteration and its terms. ``adapt`` is False during the warm-up."""
+    sup = seg_loss(student(src_x), src_y)
+    out = StepOutput(loss=sup, terms={"loss/source": float(sup.detach())})
+    method = cfg.method
+    if method == "source-only" or not adapt:
+        out.terms["loss/total"] = float(sup.detach())
+        return out
+
+    with torch.no_grad():
+        t_prob = torch.sigmoid(teacher(tgt_weak).float())
+    pseudo, weight = pseudo_label(t_prob, cfg.uda.pseudo_threshold, cfg.uda.tau)
+    out.terms["pseudo/weight"] = float(weight)
+    out.terms["pseudo/foreground"] = float(pseudo.mean())
+    lam = cfg.uda.lambda_cl * weight
+    b, spatial = tgt_strong.shape[0], tgt_strong.shape[2:]
+
+    if method == "mean-teacher":
+        l_cl = seg_loss(student(tgt_strong), pseudo)
+        total = sup + lam * l_cl
+        out.terms["loss/cl"] = float(l_cl.detach())
+    elif method == "mic":
+        visible = block_mask(b, spatial, cfg.block, cfg.mask.ratio, gen, tgt_strong.device)
+        masked = tgt_strong * visible
+        l_cl = seg_loss(student(masked), pseudo)
+        total = sup + lam * l_cl
+        out.terms["loss/cl"] = float(l_cl.detach())
+        if keep_views:
+            out.views.update(twin_a=masked.detach())
+    else:
+        if method == "masktwins":
+            visible = block_mask(b, spatial, cfg.block, cfg.mask.ratio, gen, tgt_strong.device)
+            twin_a, twin_b = complementary_twins(tgt_strong, visible)
+        else:  # rmask
+            m1, m2 = independent_masks(b, spatial, cfg.block, cfg.mask.ratio, gen,
+                                       tgt_strong.device)
+            twin_a, twin_b = tgt_strong * m1, tgt_strong * m2
+        # One forward over both twins: same cost as two, better hardware use.
+        logits_a, logits_b = student(torch.cat([twin_a, twin_b])).split(b)
+        l_cl = 0.5 * (seg_loss(logits_a, pseudo) + seg_loss(logits_b, pseudo))
+        l_cm = twin_consistency(logits_a, logits_b)
+        total = sup + lam * l_cl + cfg.uda.lambda_cm * l_cm
+        out.terms["loss/cl"] = float(l_cl.detach())
+        out.terms["loss/cm"] = float(l_cm.detach())
+        if keep_views:
+            out.views.update(twin_a=twin_a.detach(), twin_b=twin_b.detach(),
+                             pred_a=torch.sigmoid(logits_a.detach().float()),
+                             pred_b=torch.sigmoid(logits_b.detach().float()))
+    if keep_views:
+        out.views.update(target=tgt_weak.detach(), teacher=t_prob)
+    out.loss = total
+    out.terms["loss/total"] = float(total.detach())
+    return out

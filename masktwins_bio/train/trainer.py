@@ -1,0 +1,210 @@
+"""The training loop shared by all five methods: sampling, the UDA step, EMA teacher,
+checkpoints, resume, validation and logging.
+
+Determinism: every random number of iteration t (crops, flips, photometric augmentation,
+masks) comes from generators seeded by (seed, t), and the checkpoint holds model, teacher,
+optimiser, scheduler and scaler states. A run resumed from any checkpoint therefore ends with the
+same weights as an uninterrupted run on the same machine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..metrics import evaluate_volumes
+from ..models import build_model
+from .augment import photometric
+from .checkpoint import load_checkpoint, save_checkpoint
+from .device import autocast, autocast_dtype, select_device, to_device
+from .domains import (STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN, Domain, draw_batch,
+                      iteration_rng)
+from .ema import ema_update, make_teacher
+from .losses import SegmentationLoss
+from .methods import USES_TEACHER, uda_step
+
+
+def lr_factor(cfg: RunConfig, step: int) -> float:
+    """Multiplier of the base learning rate after ``step`` optimiser steps."""
+    o = cfg.optim
+    if o.warmup_iters and step < o.warmup_iters:
+        return (step + 1) / o.warmup_iters
+    progress = min(1.0, step / max(1, cfg.iters))
+    if o.schedule == "poly":
+        return (1.0 - progress) ** o.power
+    if o.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, source: Domain, target: Domain | None, run_dir: Path,
+                 target_labels: np.ndarray | None = None, progress: bool = True):
+        self.cfg, self.source, self.target = cfg, source, target
+        self.run_dir, self.target_labels, self.progress = Path(run_dir), target_labels, progress
+        self.device = select_device(cfg.device)
+        self.amp_dtype = autocast_dtype(self.device, cfg.amp)
+        torch.manual_seed(cfg.seed)  # network initialisation
+        self.student = build_model(cfg.model, cfg.dims).to(self.device)
+        self.teacher = make_teacher(self.student) if cfg.method in USES_TEACHER else None
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=cfg.optim.lr,
+                                          weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(cfg, step))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.seg_loss = SegmentationLoss()
+        self.iteration = 0
+        self.best = {"iou": -1.0, "iteration": None}
+        self.history: list[dict] = []
+        self._writer = None
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "config": self.cfg.to_dict(),
+            "model": self.student.state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "stats": {"source": self.source.stats.to_dict(),
+                      "target": None if self.target is None else self.target.stats.to_dict()},
+            "best": dict(self.best),
+            "history": list(self.history),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.student.load_state_dict(state["model"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.best = dict(state["best"])
+        self.history = list(state.get("history", []))
+
+    def resume(self) -> None:
+        self.load_state(load_checkpoint(self.run_dir / "checkpoints" / "last.pt", self.device))
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        if self.teacher is not None and self.cfg.uda.eval_model == "teacher":
+            return self.teacher
+        return self.student
+
+    # -- one iteration ---------------------------------------------------------------------
+    def _batches(self, it: int):
+        cfg, dims, crop = self.cfg, self.cfg.dims, self.cfg.crop
+        aug = cfg.augment
+        src_x, src_y = draw_batch(self.source, cfg.data.batch_source, crop, dims,
+                                  iteration_rng(cfg.seed, it, STREAM_SOURCE),
+                                  cfg.data.foreground_prob, aug.flip, aug.rot90)
+        tgt = None
+        if self.target is not None and cfg.method != "source-only":
+            tgt, _ = draw_batch(self.target, cfg.data.batch_target, crop, dims,
+                                iteration_rng(cfg.seed, it, STREAM_TARGET), 0.0,
+                                aug.flip, aug.rot90)
+        return src_x, src_y, tgt
+
+    def step(self, it: int, keep_views: bool = False):
+        cfg = self.cfg
+        src_x, src_y, tgt = self._batches(it)
+        seed = int(iteration_rng(cfg.seed, it, STREAM_TRAIN).integers(0, 2**62))
+        gen = torch.Generator().manual_seed(seed)
+        src_x, src_y = to_device(src_x, self.device), to_device(src_y, self.device)
+        src_x = photometric(src_x, cfg.augment, gen)
+        tgt_weak = tgt_strong = None
+        if tgt is not None:
+            tgt_weak = to_device(tgt, self.device)
+            tgt_strong = photometric(tgt_weak, cfg.augment, gen)
+        self.student.train()
+        with autocast(self.device, self.amp_dtype):
+            out = uda_step(cfg, self.student, self.teacher, self.seg_loss, src_x, src_y,
+                           tgt_weak, tgt_strong, gen, adapt=it >= cfg.uda.warmup_iters,
+                           keep_views=keep_views)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.teacher is not None:
+            ema_update(self.teacher, self.student, it, cfg.uda.ema)
+        out.terms["lr"] = self.optimizer.param_groups[0]["lr"]
+        return out
+
+    # -- validation, logging ---------------------------------------------------------------
+    def validate(self) -> dict | None:
+        if self.target is None or self.target_labels is None:
+            return None
+        from ..inference.window import predict_array
+
+        prob = predict_array(self.eval_model, self.target.image, self.cfg.dims, self.cfg.crop,
+                             overlap=0.25, batch_size=4, device=self.device)
+        metrics = evaluate_volumes(prob, self.target_labels)
+        metrics.pop("per_slice", None)
+        return metrics
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.iteration)
+        return self._writer
+
+    def _log_images(self, it: int, views: dict) -> None:
+        from .grid import view_grid
+
+        self.writer.add_image("twins", view_grid(views), it, dataformats="HW")
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        ckdir = self.run_dir / "checkpoints"
+        bar = tqdm(total=cfg.iters, initial=self.iteration, disable=not self.progress,
+                   desc=cfg.method, unit="it", dynamic_ncols=True)
+        start = time.perf_counter()
+        while self.iteration < cfg.iters:
+            it = self.iteration
+            want_views = (it + 1) % cfg.image_every == 0
+            out = self.step(it, keep_views=want_views)
+            self.iteration = it + 1
+            if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters:
+                for key, value in out.terms.items():
+                    self.writer.add_scalar(key, value, self.iteration)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in out.terms.items()
+                                 if k.startswith(("loss", "pseudo/weight"))}, refresh=False)
+            if want_views and out.views:
+                self._log_images(self.iteration, out.views)
+            bar.update(1)
+            done = self.iteration == cfg.iters
+            if self.iteration % cfg.val_every == 0 or done:
+                metrics = self.validate()
+                if metrics is not None:
+                    self.history.append({"iteration": self.iteration, **metrics})
+                    for key in ("iou", "f1", "mcc", "map"):
+                        self.writer.add_scalar(f"val/{key}", metrics[key], self.iteration)
+                    if metrics["iou"] > self.best["iou"]:
+                        self.best = {"iou": metrics["iou"], "iteration": self.iteration}
+                        save_checkpoint(self.state(), ckdir / "best.pt")
+            if self.iteration % cfg.checkpoint_every == 0 or done:
+                save_checkpoint(self.state(), ckdir / "last.pt")
+        bar.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+        summary = {"iterations": self.iteration, "seconds": time.perf_counter() - start,
+                   "best": self.best, "final": self.history[-1] if self.history else None}
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.run_dir / "summary.json")
+        return summary

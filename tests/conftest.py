@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny synthetic EM domains on disk and a tiny network config."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from masktwins_bio.data.synthetic import write_domain
+
+TINY = {
+    "iters": 3,
+    "checkpoint_every": 1,
+    "val_every": 2,
+    "log_every": 1,
+    "image_every": 2,
+    "model": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+    "data": {"batch_source": 1, "batch_target": 1},
+    "mask": {"block": [2, 8, 8]},
+    "optim": {"lr": 0.001},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    """Paths of tiny source/target volumes: 2D slice folders and 3D multipage TIFFs."""
+    root = tmp_path_factory.mktemp("tiny_domains")
+    out = {}
+    for style in ("source", "target"):
+        img, lab = write_domain(root / f"{style}2d", style, (3, 64, 64), seed=1, fmt="png")
+        out[f"{style}2d"] = (str(img), str(lab))
+        img, lab = write_domain(root / f"{style}3d", style, (12, 48, 48), seed=1, fmt="tif")
+        out[f"{style}3d"] = (str(img), str(lab))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> dict:
+    """Config files for a tiny 2D and 3D network (seconds per run on a CPU)."""
+    root = tmp_path_factory.mktemp("tiny_configs")
+    paths = {}
+    for dims, crop in ((2, [32, 32]), (3, [8, 32, 32])):
+        cfg = {**TINY, "dims": dims, "data": {**TINY["data"], "crop": crop}}
+        path = root / f"tiny{dims}d.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        paths[dims] = str(path)
+    return paths
+
+
+@pytest.fixture
+def train_args(tiny_data, tiny_config):
+    def make(out: Path, method: str = "masktwins", dims: int = 2, extra=()):
+        src, tgt = tiny_data[f"source{dims}d"], tiny_data[f"target{dims}d"]
+        return ["train", "--source-image", src[0], "--source-label", src[1],
+                "--target-image", tgt[0], "--target-label", tgt[1], "--method", method,
+                "--dims", str(dims), "--config", tiny_config[dims], "--out", str(out),
+                "--device", "cpu", "--quiet", *extra]
+    return make

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from masktwins_bio.config import (METHODS, RunConfig, build_config, load_yaml, parse_override,
+                                  save_yaml)
+from masktwins_bio.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted(
+    (ROOT / "masktwins_bio" / "resources").glob("*.yaml"))
+
+
+def test_defaults_follow_method_md():
+    cfg = build_config()
+    assert cfg.method == "masktwins"
+    assert cfg.mask.ratio == 0.5
+    assert cfg.uda.tau == 0.968 and cfg.uda.lambda_cm == 0.01 and cfg.uda.ema == 0.999
+    assert cfg.block == (32, 32) and cfg.crop == (256, 256)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path):
+    cfg = build_config(load_yaml(path))
+    assert isinstance(cfg, RunConfig)
+
+
+def test_overrides_parse_yaml_values_and_nest():
+    cfg = build_config(parse_override("mask.ratio=0.4"), parse_override("mask.block=[1,16,16]"),
+                       parse_override("dims=3"), parse_override("data.crop=[8,64,64]"))
+    assert cfg.mask.ratio == 0.4 and cfg.block == (1, 16, 16) and cfg.crop == (8, 64, 64)
+
+
+def test_later_layers_win():
+    cfg = build_config({"iters": 10}, {"iters": 20})
+    assert cfg.iters == 20
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"Unknown config key 'mask.size'.*mask.ratio, mask.block"):
+        build_config(parse_override("mask.size=3"))
+    with pytest.raises(ConfigError, match="valid keys here are: method, dims"):
+        build_config({"methd": "mic"})
+
+
+@pytest.mark.parametrize("override,match", [
+    ("mask.ratio=1.0", "mask.ratio=1.0 must lie strictly between 0 and 1"),
+    ("mask.ratio=0", "strictly between 0 and 1"),
+    ("mask.block=[1,0,32]", "at least 1 voxel"),
+    ("iters=0", "iters=0 must be at least 1"),
+    ("method=dann", "method='dann' is unknown"),
+    ("dims=4", "dims=4 is not supported"),
+    ("mask.block=[1,512,512]", "larger than the crop"),
+    ("uda.tau=0.2", "uda.tau"),
+    ("optim.lr=-1", "optim.lr"),
+    ("iters=abc", "not a valid int"),
+    ("mask.block=[1,2,3,4]", "has 4 entries"),
+])
+def test_out_of_range_values_are_rejected(override, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config(parse_override(override))
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="has no '='"):
+        parse_override("mask.ratio")
+
+
+def test_block_per_dims():
+    assert build_config({"dims": 2, "mask": {"block": [4, 8, 8]}}).block == (8, 8)
+    assert build_config({"dims": 3, "mask": {"block": [4, 8, 8]},
+                         "data": {"crop": [16, 64, 64]}}).block == (4, 8, 8)
+    assert build_config({"mask": {"block": [8]}}).block == (8, 8)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = build_config({"method": "mic", "mask": {"ratio": 0.3}})
+    save_yaml(cfg, tmp_path / "config.yaml")
+    again = build_config(load_yaml(tmp_path / "config.yaml"))
+    assert again.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_is_a_valid_config(method):
+    assert build_config({"method": method}).method == method

@@ -1,0 +1,42 @@
+import math
+
+import torch
+
+from masktwins_bio.train.losses import SegmentationLoss, pseudo_label, twin_consistency
+
+
+def test_segmentation_loss_is_bce_plus_batch_dice_by_hand():
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 1.0]]]])
+    target = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    p = torch.sigmoid(logits)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    dice = 1 - (2 * (p * target).sum() + 1e-5) / (p.sum() + target.sum() + 1e-5)
+    got = SegmentationLoss()(logits, target)
+    torch.testing.assert_close(got, bce + dice, rtol=1e-5, atol=1e-6)
+
+
+def test_segmentation_loss_is_small_for_confident_correct_logits():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:5, 2:5] = 1
+    logits = (target * 2 - 1) * 20
+    assert SegmentationLoss()(logits, target).item() < 1e-3
+
+
+def test_pseudo_label_and_confidence_weight_by_hand():
+    prob = torch.tensor([0.99, 0.97, 0.6, 0.4, 0.02, 0.5])
+    labels, weight = pseudo_label(prob, threshold=0.5, tau=0.968)
+    assert labels.tolist() == [1, 1, 1, 0, 0, 0]
+    # confident (max(p, 1-p) >= 0.968): 0.99, 0.97, 0.02 -> 3 of 6
+    assert math.isclose(weight.item(), 0.5)
+    assert not labels.requires_grad
+
+
+def test_twin_consistency_is_symmetric_mse_with_gradients_into_both():
+    a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    b = torch.tensor([1.0, 0.0, 5.0], requires_grad=True)
+    loss = twin_consistency(a, b)
+    assert math.isclose(loss.item(), (0 + 4 + 4) / 3, rel_tol=1e-6)
+    assert math.isclose(twin_consistency(b, a).item(), loss.item(), rel_tol=1e-6)
+    loss.backward()
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+    torch.testing.assert_close(a.grad, -b.grad)
