@@ -29,6 +29,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def tiny_settings() -> dict:
+    """The tiny network/schedule settings as a config dict layer."""
+    return TINY
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict:
     """Paths of tiny source/target volumes: 2D slice folders and 3D multipage TIFFs."""
     root = tmp_path_factory.mktemp("tiny_domains")

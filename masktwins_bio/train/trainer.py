@@ -165,7 +165,8 @@ class Trainer:
         self.writer.add_image("twins", view_grid(views), it, dataformats="HW")
 
     # -- the loop --------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self, stop_at: int | None = None) -> dict:
+        """Train to ``cfg.iters`` (or pause after ``stop_at`` iterations, checkpointed)."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -173,7 +174,8 @@ class Trainer:
         bar = tqdm(total=cfg.iters, initial=self.iteration, disable=not self.progress,
                    desc=cfg.method, unit="it", dynamic_ncols=True)
         start = time.perf_counter()
-        while self.iteration < cfg.iters:
+        end = cfg.iters if stop_at is None else min(stop_at, cfg.iters)
+        while self.iteration < end:
             it = self.iteration
             want_views = (it + 1) % cfg.image_every == 0
             out = self.step(it, keep_views=want_views)
@@ -196,7 +198,7 @@ class Trainer:
                     if metrics["iou"] > self.best["iou"]:
                         self.best = {"iou": metrics["iou"], "iteration": self.iteration}
                         save_checkpoint(self.state(), ckdir / "best.pt")
-            if self.iteration % cfg.checkpoint_every == 0 or done:
+            if self.iteration % cfg.checkpoint_every == 0 or done or self.iteration == end:
                 save_checkpoint(self.state(), ckdir / "last.pt")
         bar.close()
         if self._writer is not None:

@@ -1,0 +1,244 @@
+"""Download, verify, extract and convert registry datasets; idempotent and safe to interrupt.
+
+``download_dataset(name)``:
+
+1. fetches every file with a progress bar into ``<root>/<name>/downloads/`` (``.part`` files
+   resume with HTTP range requests; mirrors are tried in turn; ``file://`` URLs work too),
+2. checks size and sha256 (a mismatch deletes the file and is an error; a file whose hash is not
+   known is refused unless ``allow_unverified``, and is then recorded as unverified),
+3. extracts zip/tar archives into a temporary folder, refusing absolute paths, ``..``, links
+   and device files,
+4. converts each split to ``<split>.ome.zarr`` (labels under ``labels/mito``) and checks its
+   shape, then
+5. writes ``manifest.json`` last: a dataset counts as present only when that exists.
+
+Any failure leaves no output that looks complete; running it again resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from ..errors import InputError
+from .convert import convert_volume
+from .registry import (MANIFEST, DatasetEntry, RemoteFile, data_root, dataset_dir, get_entry,
+                       is_present, split_path)
+
+_CHUNK = 1 << 20
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch_url(url: str, part: Path, show: bool, timeout: float) -> None:
+    """Append the rest of ``url`` to ``part`` (resuming from its size when the server allows)."""
+    from tqdm.auto import tqdm
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "masktwins-bio"})
+    if have and url.startswith(("http://", "https://")):
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # the part file is already complete
+            return
+        raise
+    with response:
+        status = getattr(response, "status", 200)
+        append = have and status == 206
+        total = response.headers.get("Content-Length")
+        total = int(total) + (have if append else 0) if total else None
+        with open(part, "ab" if append else "wb") as fh, \
+                tqdm(total=total, initial=have if append else 0, unit="B", unit_scale=True,
+                     desc=part.name.removesuffix(".part"), disable=None if show else True,
+                     leave=False) as bar:
+            for block in iter(lambda: response.read(_CHUNK), b""):
+                fh.write(block)
+                bar.update(len(block))
+    if total is not None and part.stat().st_size < total:
+        raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes")
+
+
+def fetch(remote: RemoteFile, folder: Path, allow_unverified: bool = False, show: bool = True,
+          timeout: float = 60.0) -> tuple[Path, bool]:
+    """Download ``remote`` into ``folder``; returns (path, verified by a known sha256)."""
+    if remote.sha256 is None and not allow_unverified:
+        raise InputError(f"No sha256 is recorded for '{remote.name}', so it cannot be verified; "
+                         "pass --allow-unverified to download it anyway.")
+    folder.mkdir(parents=True, exist_ok=True)
+    final, part = folder / remote.name, folder / f"{remote.name}.part"
+    if final.exists():
+        if remote.sha256 is None or sha256_of(final) == remote.sha256:
+            return final, remote.sha256 is not None
+        final.unlink()  # stale or corrupt: fetch again
+    errors = []
+    for url in remote.urls:
+        try:
+            _fetch_url(url, part, show, timeout)
+        except (OSError, urllib.error.URLError, ValueError) as err:
+            errors.append(f"{url}: {err}")
+            continue  # keep the .part: the next run (or mirror with the same bytes) resumes
+        size = part.stat().st_size
+        if remote.size is not None and size != remote.size:
+            part.unlink()
+            errors.append(f"{url}: {size} bytes instead of {remote.size}")
+            continue
+        digest = sha256_of(part)
+        if remote.sha256 is not None and digest != remote.sha256:
+            part.unlink()
+            errors.append(f"{url}: sha256 {digest[:12]}… instead of {remote.sha256[:12]}…")
+            continue
+        os.replace(part, final)
+        return final, remote.sha256 is not None
+    raise InputError(f"Could not download a verified '{remote.name}' "
+                     f"({'; '.join(errors)}); check the network and run the command again.")
+
+
+def _safe_members(names: list[str], archive: Path) -> None:
+    for name in names:
+        p = PurePosixPath(name.replace("\\", "/"))
+        if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
+            raise InputError(f"Archive '{archive.name}' contains the unsafe path '{name}'; it was "
+                             "not extracted (delete the archive if you do not trust it).")
+
+
+def extract(archive: Path, dest: Path) -> Path:
+    """Extract a zip or tar archive into ``dest`` (created atomically); refuses unsafe members."""
+    tmp = dest.parent / f".{dest.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                _safe_members(zf.namelist(), archive)
+                bad = zf.testzip()
+                if bad is not None:
+                    raise zipfile.BadZipFile(f"bad CRC in {bad}")
+                zf.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                members = tf.getmembers()
+                _safe_members([m.name for m in members], archive)
+                for m in members:
+                    if not (m.isfile() or m.isdir()):
+                        raise InputError(f"Archive '{archive.name}' contains a link or special "
+                                         f"file '{m.name}'; it was not extracted.")
+                tf.extractall(tmp, filter="data")
+        else:
+            raise InputError(f"'{archive.name}' is not a readable zip or tar archive; delete it "
+                             "and download again.")
+    except InputError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"Archive '{archive.name}' is corrupt ({err}); delete it and download "
+                         "again.") from None
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _link_slices(folder: Path, z_range: tuple, dest: Path) -> Path:
+    """A folder of links to the slices [start, stop) of ``folder`` (in natural order)."""
+    from .formats.images import natural_key
+    files = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+                   key=lambda p: natural_key(p.name))[z_range[0]:z_range[1]]
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for f in files:
+        os.symlink(f.resolve(), dest / f.name)
+    return dest
+
+
+def _write_manifest(folder: Path, record: dict) -> None:
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def _make_synthetic(entry: DatasetEntry, work: Path) -> None:
+    from .synthetic import write_domain
+    shape = entry.splits["train"].shape
+    write_domain(work, entry.synthetic, shape, seed=0, fmt="png")
+
+
+def download_dataset(name: str, root=None, *, registry: dict | None = None,
+                     allow_unverified: bool = False, keep_downloads: bool = False,
+                     force: bool = False, show: bool = True) -> Path:
+    """Make ``<root>/<name>`` present (see module doc) and return that folder."""
+    entry = get_entry(name, registry)
+    root_path = data_root(root, must_exist=root is not None)
+    folder = dataset_dir(entry, root_path)
+    if is_present(entry, root_path) and not force:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        manifest.unlink()  # being rebuilt: not present until the end
+    downloads, work = folder / "downloads", folder / "extracted"
+    files = {}
+    if entry.synthetic:
+        shutil.rmtree(work, ignore_errors=True)
+        _make_synthetic(entry, work)
+    for remote in entry.files:
+        path, verified = fetch(remote, downloads, allow_unverified, show)
+        files[remote.name] = {"sha256": remote.sha256 or sha256_of(path), "verified": verified}
+        if remote.extract and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
+            extract(path, work / f".x-{remote.name}")
+            for child in (work / f".x-{remote.name}").iterdir():
+                target = work / child.name
+                if target.exists():
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+                os.replace(child, target)
+            shutil.rmtree(work / f".x-{remote.name}")
+        elif remote.extract:
+            raise InputError(f"'{remote.name}' is not a readable zip or tar archive; delete it "
+                             "and download again.")
+        else:
+            work.mkdir(parents=True, exist_ok=True)
+            target = work / remote.name
+            if not target.exists():
+                try:
+                    os.link(path, target)
+                except OSError:
+                    shutil.copy2(path, target)
+    splits = {}
+    for split_name, spl in entry.splits.items():
+        image, labels = work / spl.image, (work / spl.labels) if spl.labels else None
+        for p in (image, labels):
+            if p is not None and not Path(str(p).split("#")[0]).exists():
+                raise InputError(f"The download of '{entry.name}' has no '{p.relative_to(work)}'; "
+                                 "the files may have changed upstream, so report this.")
+        if spl.z_range:
+            image = _link_slices(image, spl.z_range, work / f".{split_name}-image")
+        out = split_path(entry, split_name, root_path)
+        convert_volume(str(image), out, overwrite=True, voxel_size=entry.voxel_size,
+                       labels={"mito": str(labels)} if labels else None,
+                       label_rule=spl.label_rule, show_progress=show)
+        from .volumes import open_volume
+        with open_volume(out) as vol:
+            shape = vol.shape
+        if spl.shape and tuple(spl.shape) != tuple(shape):
+            shutil.rmtree(out, ignore_errors=True)
+            raise InputError(f"'{entry.name}' {split_name} has shape {shape}, expected "
+                             f"{tuple(spl.shape)}; the files may have changed upstream.")
+        splits[split_name] = {"path": out.name, "shape": list(shape)}
+    shutil.rmtree(work, ignore_errors=True)
+    if not keep_downloads:
+        shutil.rmtree(downloads, ignore_errors=True)
+    _write_manifest(folder, {"name": entry.name, "files": files, "splits": splits,
+                             "voxel_size": entry.voxel_size, "licence": entry.licence,
+                             "citation": entry.citation})
+    return folder

@@ -1,0 +1,77 @@
+"""convert: chunked OME-Zarr with metadata, bounded blocks, atomic and non-destructive."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from masktwins_bio.cli import main
+from masktwins_bio.data import ome_zarr
+from masktwins_bio.data.convert import convert_volume
+from masktwins_bio.data.stats import volume_stats
+from masktwins_bio.data.volumes import load_labels, open_volume
+from masktwins_bio.errors import InputError
+
+RNG = np.random.default_rng(1)
+VOL = RNG.integers(0, 256, (10, 70, 90), dtype=np.uint8)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, VOL, imagej=True, resolution=(1 / 0.004, 1 / 0.004),
+                     metadata={"spacing": 0.04, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "mask.tif", (VOL > 200).astype(np.uint8) * 255)
+    return path
+
+
+def test_convert_round_trip_with_levels_labels_and_stats(tmp_path, stack, monkeypatch):
+    monkeypatch.setattr(ome_zarr, "BLOCK_BYTES", 20_000)  # force many blocks: out of core
+    out = convert_volume(stack, tmp_path / "o.ome.zarr", chunks=(4, 32, 32), levels=2,
+                         labels={"mito": str(tmp_path / "mask.tif")}, show_progress=False)
+    vol = open_volume(out)
+    np.testing.assert_array_equal(vol.read(), VOL)
+    np.testing.assert_allclose(vol.voxel_size, (40, 4, 4), rtol=1e-3)
+    arr = zarr.open_group(str(out), mode="r")["0"]
+    assert arr.chunks == (4, 32, 32)
+    small = open_volume(f"{out}#level=1")
+    assert small.shape == (10, 35, 45)
+    np.testing.assert_allclose(small.voxel_size, (40, 8, 8), rtol=1e-3)
+    np.testing.assert_allclose(small[0, 0, 0], VOL[0, :2, :2].mean(), atol=0.51)
+    np.testing.assert_array_equal(load_labels(f"{out}:labels/mito"), VOL > 200)
+    stats = volume_stats(out)  # from the attrs written during conversion
+    assert stats.low <= stats.mean <= stats.high and abs(stats.mean - VOL.mean()) < 5
+
+
+def test_convert_refuses_overwrite_and_leaves_nothing_on_failure(tmp_path, stack):
+    out = tmp_path / "o.zarr"
+    convert_volume(stack, out, show_progress=False)
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(InputError, match="--overwrite"):
+        convert_volume(stack, out, show_progress=False)
+    tifffile.imwrite(tmp_path / "small.tif", VOL[:2])
+    with pytest.raises(InputError, match="same shape"):
+        convert_volume(stack, tmp_path / "p.zarr", labels={"m": str(tmp_path / "small.tif")},
+                       show_progress=False)
+    tifffile.imwrite(tmp_path / "ids.tif", VOL.astype(np.uint16) * 300)  # fails mid-write
+    with pytest.raises(InputError, match="cannot be binarised"):
+        convert_volume(stack, tmp_path / "p.zarr", labels={"m": str(tmp_path / "ids.tif")},
+                       show_progress=False)
+    assert sorted(p.name for p in out.rglob("*")) == before
+    assert not (tmp_path / "p.zarr").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    convert_volume(stack, out, overwrite=True, chunks=(2, 16, 16), show_progress=False)
+    assert zarr.open_group(str(out), mode="r")["0"].chunks == (2, 16, 16)
+
+
+def test_convert_cli_exit_codes(tmp_path, stack, capsys):
+    out = tmp_path / "cli.zarr"
+    assert main(["convert", str(stack), str(out), "--chunks", "4,32,32", "--quiet"]) == 0
+    assert "(10, 70, 90)" in capsys.readouterr().out
+    assert main(["convert", str(stack), str(out)]) == 2
+    for bad in ("4,32", "0,1,1", "a,b,c"):
+        assert main(["convert", str(stack), str(tmp_path / "x.zarr"), "--chunks", bad]) == 2
+    assert "does not fit" in capsys.readouterr().err
+    assert main(["convert", str(stack), str(tmp_path / "x.h5")]) == 2
+    assert not (tmp_path / "x.zarr").exists()

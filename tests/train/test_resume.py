@@ -1,0 +1,88 @@
+"""A resumed run ends with exactly the weights of an uninterrupted run, also after a kill."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from masktwins_bio.cli import main
+from masktwins_bio.config import build_config
+from masktwins_bio.data.synthetic import demo_pair
+from masktwins_bio.train.domains import Domain
+from masktwins_bio.train.trainer import Trainer
+from masktwins_bio.train.checkpoint import load_checkpoint
+
+
+def _weights(run: Path) -> dict:
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    return {"model": state["model"], "teacher": state["teacher"],
+            "optimizer": state["optimizer"]["state"], "iteration": state["iteration"]}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["iteration"] == b["iteration"]
+    for part in ("model", "teacher"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    for idx, st in a["optimizer"].items():
+        for key, value in st.items():
+            assert torch.equal(value, b["optimizer"][idx][key])
+
+
+def _trainer(run: Path, method: str, tiny_domains, settings) -> Trainer:
+    cfg = build_config(settings, {"method": method, "iters": 4, "data": {"crop": [32, 32]}})
+    source, target = tiny_domains
+    return Trainer(cfg, source, target, run, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_domains():
+    data = demo_pair(2, seed=0, size="tiny")
+    return (Domain.from_arrays("source", *data["source"]),
+            Domain.from_arrays("target", data["target"][0]))
+
+
+@pytest.mark.parametrize("method", ["masktwins", "mean-teacher", "rmask"])
+def test_resume_equals_uninterrupted(tmp_path, tiny_domains, tiny_settings, method):
+    full, part = tmp_path / "full", tmp_path / "part"
+    _trainer(full, method, tiny_domains, tiny_settings).fit()
+    _trainer(part, method, tiny_domains, tiny_settings).fit(stop_at=2)   # pause after 2 of 4 iterations
+    assert load_checkpoint(part / "checkpoints" / "last.pt")["iteration"] == 2
+    resumed = _trainer(part, method, tiny_domains, tiny_settings)
+    resumed.resume()
+    resumed.fit()
+    _assert_same(_weights(full), _weights(part))
+
+
+def test_resume_after_kill_mid_run(tmp_path, train_args):
+    iters = 40
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert main(train_args(full, "masktwins", extra=["--iters", str(iters)])) == 0
+    args = train_args(killed, "masktwins", extra=["--iters", str(iters)])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "masktwins_bio", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:   # wait for a checkpoint from the middle of the run
+            if ckpt.exists():
+                it = load_checkpoint(ckpt)["iteration"] if ckpt.stat().st_size else 0
+                if 3 <= it < iters - 5:
+                    break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    stopped_at = load_checkpoint(ckpt)["iteration"]
+    assert stopped_at < iters
+    assert main(train_args(killed, "masktwins", extra=["--iters", str(iters), "--resume"])) == 0
+    _assert_same(_weights(full), _weights(killed))
+    assert not list((killed / "checkpoints").glob("*.tmp"))
