@@ -50,7 +50,8 @@ def windows_per_image(shape, roi, overlap: float) -> int:
     from monai.inferers.utils import _get_scan_interval
 
     size = tuple(max(int(s), int(r)) for s, r in zip(shape, roi))
-    scan = _get_scan_interval(size, tuple(int(r) for r in roi), len(roi), overlap)
+    scan = _get_scan_interval(size, tuple(int(r) for r in roi), len(roi),
+                              (float(overlap),) * len(roi))
     return len(dense_patch_slices(size, tuple(int(r) for r in roi), scan))
 
 

@@ -2,7 +2,7 @@
 
 :func:`accelerate` swaps a zarr-backed volume's array for a tensorstore view of the same store;
 anything else (TIFF, HDF5, remote stores, no tensorstore installed) keeps its reader. One
-tensorstore context per process bounds the chunk cache (``MASKTWINS_TS_CACHE_MB``, default 64)
+tensorstore context per process bounds the chunk cache (``MASKTWINS_TS_CACHE_MB``, default 16)
 and thread use, so DataLoader workers stay small and independent of the volume size.
 Tensorstore cannot be used in a process forked after its parent used it: such a child falls
 back to zarr-python, and :func:`~..sampling.make_loader` starts workers with ``forkserver``
@@ -29,7 +29,7 @@ def _inherited_across_fork() -> bool:
 def _context():
     import tensorstore as ts
     if _CONTEXT["pid"] != os.getpid():  # never reuse a context across fork
-        cache_mb = int(os.environ.get("MASKTWINS_TS_CACHE_MB", "64"))
+        cache_mb = int(os.environ.get("MASKTWINS_TS_CACHE_MB", "16"))
         _CONTEXT["context"] = ts.Context({
             "cache_pool": {"total_bytes_limit": cache_mb * 2**20},
             "data_copy_concurrency": {"limit": 2},

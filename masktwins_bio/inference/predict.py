@@ -1,0 +1,175 @@
+"""``predict_volume``: a checkpoint and a volume in, a blended, resumable prediction on disk out.
+
+One call plans the blocks, checks that the network fits the input, creates (or reopens with
+``resume``) the output and its ledger, runs every unfinished tile locally or on a dask cluster,
+and marks the output complete. A :class:`PredictJob` is everything a process needs to predict
+tiles of the volume, so dask workers receive it and reload only the model (once per worker).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, InputError
+from .engine import pending_works, run_tiles
+from .forward import Predictor
+from .ledger import finished_blocks, read_run
+from .plan import ACC_BUDGET, BlockPlan, make_plan
+from .store import DTYPES, OutputSpec, ZarrSink, check_output, create_output, finalize_output
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    overlap: float = 0.25
+    batch_size: int = 4
+    tta: bool = False
+    dtype: str = "float32"
+    threshold: float | None = None
+    block: tuple | None = None
+    amp: bool = True
+    optimize: bool = True
+    threads: int | None = None
+    budget: int = ACC_BUDGET
+
+    def validate(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise InputError(f"--overlap {self.overlap} must lie in [0, 1).")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size} must be at least 1.")
+        if self.dtype not in DTYPES:
+            raise InputError(f"--dtype {self.dtype} is unknown; use {', '.join(DTYPES)}.")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise InputError(f"--threshold {self.threshold} must lie strictly between 0 and 1.")
+        if self.block is not None and (len(self.block) != 3 or min(self.block) < 1):
+            raise InputError(f"--block {self.block} must give three positive sizes z,y,x.")
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    input: str
+    checkpoint: str
+    which: str
+    output: OutputSpec
+    plan: BlockPlan
+    stats: dict | None
+    options: PredictOptions = field(default_factory=PredictOptions)
+
+
+def _fingerprint(job: PredictJob, shape, iteration: int) -> dict:
+    o = job.options
+    return {"input": os.path.abspath(job.input), "input_shape": list(shape),
+            "checkpoint": os.path.abspath(job.checkpoint), "iteration": iteration,
+            "plan": job.plan.to_dict(), "tta": o.tta, "dtype": o.dtype,
+            "threshold": o.threshold, "amp": o.amp, "optimize": o.optimize}
+
+
+def _check_resume(out: Path, run: dict, new: dict) -> None:
+    for key, value in new.items():
+        if run.get(key) != value:
+            raise InputError(f"The output '{out}' was started with another {key} "
+                             f"({run.get(key)!r}, now {value!r}); resume with the same settings "
+                             "or pass --overwrite to start again.")
+
+
+def make_predictor(loaded, device, options: PredictOptions, quiet=True) -> Predictor:
+    if options.threads:
+        torch.set_num_threads(int(options.threads))
+    predictor = Predictor(loaded.model, loaded.dims, loaded.roi, device, tta=options.tta,
+                          amp=options.amp, optimize=options.optimize, quiet=quiet)
+    try:
+        predictor.check()
+    except RuntimeError as err:
+        raise CheckpointError(f"The network in '{loaded.path}' does not run on one grey "
+                              f"{loaded.dims}D window of {loaded.roi} ({str(err).splitlines()[0]});"
+                              " give a checkpoint trained on grey EM volumes.") from None
+    return predictor
+
+
+def run_job(job: PredictJob, predictor: Predictor, tiles=None, done=None, progress=None) -> None:
+    """Predict the unfinished blocks of ``tiles`` (all tiles by default) of ``job``."""
+    from ..data.normalize import IntensityStats
+    from ..data.volumes import open_volume
+
+    stats = IntensityStats.from_dict(job.stats) if job.stats is not None else None
+    done = finished_blocks(job.output.path) if done is None else done
+    sink = ZarrSink(job.output)
+    with open_volume(job.input) as source:
+        try:
+            run_tiles(pending_works(job.plan, done, tiles), source, stats, predictor, sink,
+                      progress)
+        finally:
+            sink.close()
+
+
+def _progress(total: int, done: int, quiet: bool):
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=done, unit="block", file=sys.stderr, mininterval=1.0,
+               desc="predict")
+    return bar.update, bar.close
+
+
+def predict_volume(checkpoint, input_spec, output, options: PredictOptions | None = None,
+                   device="auto", which: str = "auto", resume: bool = False,
+                   overwrite: bool = False, dask: str | None = None,
+                   quiet: bool = False) -> dict:
+    """Predict ``input_spec`` with ``checkpoint`` into ``output``; returns a summary dict.
+
+    ``output`` ending in ``.ome.zarr`` gets an OME-Zarr image (and ``labels/mask`` with a
+    threshold), any other name a plain zarr array. ``dask`` is a scheduler address or
+    ``local:N``.
+    """
+    from ..data.normalize import compute_stats
+    from ..data.volumes import open_volume
+    from ..train.device import select_device
+    from .model_io import load_model
+
+    options = options or PredictOptions()
+    options.validate()
+    out = Path(output)
+    mode = check_output(out, resume, overwrite)
+    dev = select_device(device)
+    loaded = load_model(checkpoint, dev, which)
+    with open_volume(input_spec) as vol:
+        shape, voxel_size, ndim_source = vol.shape, vol.voxel_size, vol.ndim_source
+        if loaded.dims == 3 and ndim_source == 2:
+            raise InputError(f"The checkpoint holds a 3D network but '{input_spec}' is a single "
+                             "2D image; use a 2D run or give a volume.")
+        run = read_run(out) if mode == "resume" else None
+        stats = run["stats"] if run else compute_stats(vol, loaded.config.data.low_pct,
+                                                       loaded.config.data.high_pct).to_dict()
+    plan = make_plan(shape, loaded.roi, loaded.dims, options.overlap, options.block,
+                     options.batch_size, options.budget)
+    job = PredictJob(str(input_spec), str(loaded.path), which,
+                     OutputSpec(out, options.dtype, options.threshold), plan, stats, options)
+    fingerprint = _fingerprint(job, shape, loaded.iteration)
+    if run is not None:
+        _check_resume(out, run, fingerprint)
+    predictor = make_predictor(loaded, dev, options, quiet)
+    if mode == "new":
+        attrs = {"checkpoint": str(loaded.path), "iteration": loaded.iteration,
+                 "kind": "foreground_probability", "input": str(input_spec)}
+        create_output(job.output, shape, plan.block, voxel_size, attrs,
+                      {**fingerprint, "stats": stats, "options": asdict(options)})
+    done = finished_blocks(out)
+    update, close = _progress(plan.n_blocks, len(done), quiet)
+    try:
+        if dask:
+            from .cluster import run_on_dask
+            run_on_dask(job, dask, done, device=device, progress=update)
+        else:
+            run_job(job, predictor, done=done, progress=update)
+    finally:
+        close()
+    sums = finished_blocks(out)
+    if len(sums) < plan.n_blocks:
+        raise InputError(f"Only {len(sums)} of {plan.n_blocks} blocks of '{out}' were written; "
+                         "run again with --resume to finish them.")
+    mean = finalize_output(job.output, sums, shape[0] * shape[1] * shape[2])
+    return {"output": str(out), "shape": tuple(shape), "blocks": plan.n_blocks,
+            "resumed_blocks": len(done), "mean_probability": mean, "dims": loaded.dims}
