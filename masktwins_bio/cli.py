@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         argv = [a for a in argv if a != "--debug"]
     args = parser.parse_args(argv)
+    args.argv = argv  # verbs that re-launch themselves (train --gpus) need the command line
     try:
         return int(args.func(args) or 0)
     except MaskTwinsError as err:

@@ -25,7 +25,9 @@ class ModelConfig:
     channels: list = field(default_factory=lambda: [16, 32, 64, 128])
     strides: list = field(default_factory=lambda: [2, 2, 2])  # ints, or [z,y,x] lists in 3D
     num_res_units: int = 2
-    norm: str = "batch"
+    # Instance norm (MONAI's default for UNet): batch norm's running averages would mix source,
+    # target and half-blank twin statistics, which collapsed adaptation in our runs.
+    norm: str = "instance"
     dropout: float = 0.0
 
 

@@ -9,7 +9,8 @@ Prints, in one run:
   * the peak RSS of a process sampling augmented crops from that ≥ 4 GB volume, and from a small
     one (goal: below 1 GB, independent of the volume size).
 
-The volumes are generated once into --workdir (default $TMPDIR/masktwins-bench) and reused.
+The volumes (chunked like ``convert``'s default) are generated once into --workdir (default
+$TMPDIR/masktwins-bench) and reused; delete it after changing the default chunks.
 ``--json`` ends with one line:
 {"zarr_vs_memory": …, "crops_per_s_2d": …, "crops_per_s_3d": …, "peak_rss_gb": …, "volume_gb": …}
 """
@@ -43,6 +44,7 @@ def _texture(seed: int = 0, size: int = 1024) -> np.ndarray:
 def make_volume(path: Path, shape: tuple, with_labels: bool) -> Path:
     """Write a synthetic OME-Zarr (image, optional labels/mito) block by block; reuse if there."""
     import zarr
+    from masktwins_bio.data.convert import DEFAULT_CHUNKS
     from masktwins_bio.data.normalize import compute_stats
     from masktwins_bio.data.ome_zarr import copy_blocks, create_level, multiscales_meta
     if (path / "zarr.json").exists():
@@ -67,14 +69,14 @@ def make_volume(path: Path, shape: tuple, with_labels: bool) -> Path:
         return (image_block(b) > 170).astype(np.uint8)
 
     root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    copy_blocks(image_block, create_level(root, "0", shape, np.uint8, (8, 128, 128)))
+    copy_blocks(image_block, create_level(root, "0", shape, np.uint8, DEFAULT_CHUNKS))
     root.attrs.update({"ome": {"version": "0.5", "multiscales": [
         multiscales_meta("bench", 1, (40.0, 4.0, 4.0))]}, "masktwins": {
         "intensity": compute_stats(image_block(tuple(slice(0, n) for n in
                                                      (4,) + shape[1:]))).to_dict()}})
     if with_labels:
         group = root.create_group("labels").create_group("mito")
-        copy_blocks(label_block, create_level(group, "0", shape, np.uint8, (8, 128, 128)))
+        copy_blocks(label_block, create_level(group, "0", shape, np.uint8, DEFAULT_CHUNKS))
         group.attrs.update({"ome": {"version": "0.5", "multiscales": [
             multiscales_meta("mito", 1, (40.0, 4.0, 4.0))]}})
     os.replace(tmp, path)
@@ -93,22 +95,33 @@ def _rate(loader, seconds: float, warmup: int = 3) -> tuple[float, int]:
     return n / (time.perf_counter() - start), int(batch["image"].shape[0])
 
 
-def pipeline_rates(small: Path, seconds: float, workers: int | None, batch: int) -> dict:
+def pipeline_probe(small: str, kind: str, seconds: float, workers: int | None,
+                   batch: int) -> None:
+    """Child process: batches/s of the full 2D pipeline fed from zarr or from memory."""
     from masktwins_bio.data.sampling import CropDataset, make_loader
     from masktwins_bio.data.stats import volume_stats
     from masktwins_bio.data.volumes import load_image
-    image, labels = str(small), f"{small}:labels/mito"
+    image, labels = small, f"{small}:labels/mito"
     stats = volume_stats(image)
-    disk = CropDataset(image, labels, crop=(256, 256), seed=0, normalise=stats)
-    memory = CropDataset(load_image(image), load_image(labels), crop=(256, 256), seed=0,
-                         normalise=stats)
+    if kind == "memory":
+        image, labels = load_image(image), load_image(labels)
+    ds = CropDataset(image, labels, crop=(256, 256), seed=0, normalise=stats)
+    print(_rate(make_loader(ds, batch, workers=workers), seconds)[0])
+
+
+def pipeline_rates(small: Path, seconds: float, workers: int | None, batch: int) -> dict:
+    """Each pipeline in a fresh process (same start-up for both), alternated three times; the
+    median of each is kept (the 2 cores are shared, so single measurements are noisy)."""
     rates = {"zarr": [], "memory": []}
-    loaders = {k: make_loader(ds, batch, workers=workers)
-               for k, ds in (("zarr", disk), ("memory", memory))}
-    for _ in range(2):  # alternate, keep the best of each: the 2 cores are shared
-        for k, loader in loaders.items():
-            rates[k].append(_rate(loader, seconds)[0])
-    return {k: max(v) for k, v in rates.items()}
+    for _ in range(3):
+        for kind in rates:
+            cmd = [sys.executable, __file__, "--pipeline-probe", kind, "--small", str(small),
+                   "--seconds", str(seconds), "--batch", str(batch)]
+            if workers is not None:
+                cmd += ["--workers", str(workers)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rates[kind].append(float(out.stdout.strip().splitlines()[-1]))
+    return {k: float(np.median(v)) for k, v in rates.items()}
 
 
 def crop_rates(big: Path, seconds: float, workers: int | None) -> dict:
@@ -149,10 +162,15 @@ def main() -> None:
     p.add_argument("--rss-crops", type=int, default=300)
     p.add_argument("--json", action="store_true")
     p.add_argument("--rss-probe", help=argparse.SUPPRESS)
+    p.add_argument("--pipeline-probe", choices=("zarr", "memory"), help=argparse.SUPPRESS)
+    p.add_argument("--small", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=300, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rss_probe:
         rss_probe(args.rss_probe, args.n)
+        return
+    if args.pipeline_probe:
+        pipeline_probe(args.small, args.pipeline_probe, args.seconds, args.workers, args.batch)
         return
     from masktwins_bio.data.sampling import default_workers
     work = Path(args.workdir)

@@ -26,7 +26,7 @@ def register(sub) -> None:
                                        "MRC) into chunked OME-Zarr")
     p.add_argument("input", help="volume spec: PATH[:KEY][#channel=N], e.g. raw/ or data.h5:raw")
     p.add_argument("output", help="output folder ending in .zarr (e.g. volume.ome.zarr)")
-    p.add_argument("--chunks", help="inner chunk shape z,y,x (default 8,128,128)")
+    p.add_argument("--chunks", help="inner chunk shape z,y,x (default 4,128,128)")
     p.add_argument("--levels", type=int, default=1,
                    help="resolution levels to write (each halves y and x; default 1)")
     p.add_argument("--voxel-size", help="z,y,x in nm, overriding the input's metadata")

@@ -37,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="data-parallel processes (one per GPU) started through torchrun")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=run)
 
@@ -164,18 +166,44 @@ def _given(full: str, layers: list[dict]) -> bool:
     return False
 
 
+def _launch_torchrun(args) -> int:
+    """Re-run this command under torchrun with ``--gpus`` processes."""
+    import os
+    import subprocess
+    import sys
+
+    argv = list(args.argv)
+    i = argv.index("--gpus")
+    del argv[i:i + 2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={args.gpus}", "-m", "masktwins_bio", *argv]
+    return subprocess.call(cmd, env=os.environ.copy())
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from ..train.distributed import barrier, from_environment
     from ..train.trainer import Trainer
 
+    if args.gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _launch_torchrun(args)
     cfg = _resolve_config(args)
+    ctx = from_environment(cfg.device)
     out = Path(args.out)
-    prepare_run_dir(out, args.resume, args.overwrite)
+    if ctx.is_main:
+        prepare_run_dir(out, args.resume, args.overwrite)
+    barrier(ctx)
     source, target, t_lab = load_domains(cfg, args.data_root)
-    trainer = Trainer(cfg, source, target, out, target_labels=t_lab, progress=not args.quiet)
+    trainer = Trainer(cfg, source, target, out, target_labels=t_lab, progress=not args.quiet,
+                      ctx=ctx)
     if args.resume:
         trainer.resume()
-    save_yaml(cfg, out / "config.yaml")
+    if ctx.is_main:
+        save_yaml(cfg, out / "config.yaml")
     summary = trainer.fit()
+    if not ctx.is_main:
+        return 0
     final = summary.get("final")
     msg = f"done: {summary['iterations']} iterations in {summary['seconds']:.0f} s -> {out}"
     if final:

@@ -32,7 +32,7 @@ def parse_chunks(text: str | None, default: tuple) -> tuple[int, int, int]:
         values = ()
     if len(values) != 3 or min(values) < 1:
         raise InputError(f"Chunk spec '{text}' does not fit: give three positive numbers z,y,x, "
-                         "e.g. --chunks 8,128,128.")
+                         "e.g. --chunks 4,128,128.")
     return values
 
 
@@ -42,17 +42,18 @@ def fit_chunks(chunks: tuple, shape: tuple, itemsize: int) -> tuple:
     nbytes = math.prod(fitted) * itemsize
     if nbytes > MAX_CHUNK_BYTES:
         raise InputError(f"Chunks {chunks} would be {nbytes / 2**20:.0f} MB each; choose chunks "
-                         f"under {MAX_CHUNK_BYTES // 2**20} MB, e.g. --chunks 8,128,128.")
+                         f"under {MAX_CHUNK_BYTES // 2**20} MB, e.g. --chunks 4,128,128.")
     return fitted
 
 
 def shard_shape(chunks: tuple, shape: tuple, itemsize: int) -> tuple:
-    """Whole multiples of ``chunks`` (y/x first) holding up to ~SHARD_TARGET_BYTES."""
+    """Whole multiples of ``chunks`` holding up to ~SHARD_TARGET_BYTES, grown z, y, x in turn
+    (a crop deep in z then opens few shards, whatever the volume's y/x size)."""
     shard = list(chunks)
     grow = True
     while grow:
         grow = False
-        for axis in (2, 1, 0):
+        for axis in (0, 1, 2):
             bigger = shard.copy()
             bigger[axis] *= 2
             if (math.prod(bigger) * itemsize <= SHARD_TARGET_BYTES

@@ -60,7 +60,8 @@ class DatasetEntry:
 
 _LUCCHI_CITE = ("A. Lucchi, K. Smith, R. Achanta, G. Knott, P. Fua, Supervoxel-Based Segmentation "
                 "of Mitochondria in EM Image Stacks with Learned Shape Features, IEEE TMI 2012.")
-_EPFL = "https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/%20ElectronMicroscopy_Hippocampus"
+_EPFL = ("https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/"
+         "%20ElectronMicroscopy_Hippocampus")
 _LUCCHI_SHAPE = (165, 768, 1024)
 _MITOEM_CITE = ("D. Wei et al., MitoEM Dataset: Large-scale 3D Mitochondria Instance Segmentation "
                 "from EM Images, MICCAI 2020.")

@@ -164,8 +164,7 @@ class CropDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(i)])
         origin = self.origin(rng)
         image, label = self.read_crop(origin)
-        image = (self.stats.apply(image) if self.stats is not None
-                 else image.astype(np.float32))
+        image = _normalise(image, self.stats)
         sample = {"image": image}
         if label is not None:
             sample["label"] = label.astype(np.float32)
@@ -176,6 +175,16 @@ class CropDataset(Dataset):
         out["origin"] = torch.tensor(origin, dtype=torch.int64)
         out["index"] = int(i)
         return out
+
+
+def _normalise(image: np.ndarray, stats: IntensityStats | None) -> np.ndarray:
+    """``stats.apply`` computed in place on one float32 copy (3D crops are large)."""
+    out = image.astype(np.float32)
+    if stats is not None:
+        np.clip(out, stats.low, stats.high, out=out)
+        out -= np.float32(stats.mean)
+        out /= np.float32(stats.std)
+    return out
 
 
 def _plain_tensor(x) -> torch.Tensor:

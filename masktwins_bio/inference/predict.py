@@ -61,10 +61,12 @@ class PredictJob:
 
 def _fingerprint(job: PredictJob, shape, iteration: int) -> dict:
     o = job.options
+    plan = job.plan.to_dict()
     return {"input": os.path.abspath(job.input), "input_shape": list(shape),
             "checkpoint": os.path.abspath(job.checkpoint), "iteration": iteration,
-            "plan": job.plan.to_dict(), "tta": o.tta, "dtype": o.dtype,
-            "threshold": o.threshold, "amp": o.amp, "optimize": o.optimize}
+            "overlap": plan.pop("overlap"), "block": plan.pop("block"),
+            "batch_size": plan.pop("batch_size"), "plan": plan, "tta": o.tta,
+            "dtype": o.dtype, "threshold": o.threshold, "amp": o.amp, "optimize": o.optimize}
 
 
 def _check_resume(out: Path, run: dict, new: dict) -> None:
@@ -134,7 +136,13 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     out = Path(output)
     mode = check_output(out, resume, overwrite)
     dev = select_device(device)
-    loaded = load_model(checkpoint, dev, which)
+    try:
+        loaded = load_model(checkpoint, dev, which)
+    except RuntimeError as err:  # weights of another shape: channels or width differ
+        first = str(err).splitlines()[-1].strip()
+        raise CheckpointError(f"The network in '{checkpoint}' does not match its saved config "
+                              f"({first[:120]}); it does not run on one grey channel, so give a "
+                              "checkpoint trained on grey EM volumes.") from None
     with open_volume(input_spec) as vol:
         shape, voxel_size, ndim_source = vol.shape, vol.voxel_size, vol.ndim_source
         if loaded.dims == 3 and ndim_source == 2:

@@ -1,37 +1,52 @@
 """Loss terms of one UDA iteration, for binary (one-logit) segmentation.
 
-- ``segmentation_loss``: BCE + soft Dice on logits (MONAI ``DiceCELoss``; Dice pooled over the
-  batch so a crop without foreground does not push logits towards minus infinity).
+- ``SegmentationLoss``: BCE + soft Dice on logits, Dice pooled over the whole batch (a crop
+  without foreground then does not push its logits towards minus infinity). Written out rather
+  than taken from MONAI's ``DiceCELoss`` (same formula, smooth 1e-5) because under data
+  parallelism the Dice sums must run over every rank's share of the batch.
 - ``pseudo_label``: the teacher's hard labels and the scalar confidence weight of METHOD.md, the
   fraction of voxels whose confidence max(p, 1-p) reaches tau.
 - ``twin_consistency``: symmetric MSE between the twins' raw logits, no stop-gradient.
+
+Under data parallelism every loss is scaled so that averaging gradients over ranks gives the
+gradient of the global-batch loss (see ``distributed.py``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .distributed import SINGLE, DistContext, global_sum, mean_over_ranks
+
+SMOOTH = 1e-5
+
 
 class SegmentationLoss(torch.nn.Module):
-    """BCE-with-logits + soft Dice, each with weight 1."""
+    """BCE-with-logits + soft Dice (batch-pooled), each with weight 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: DistContext = SINGLE) -> None:
         super().__init__()
-        from monai.losses import DiceCELoss
-
-        self.loss = DiceCELoss(sigmoid=True, batch=True)
+        self.ctx = ctx
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.loss(logits.float(), target.float())
+        logits, target = logits.float(), target.float()
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        prob = torch.sigmoid(logits)
+        inter = global_sum((prob * target).sum(), self.ctx)
+        denom = global_sum(prob.sum() + target.sum(), self.ctx)
+        dice = 1.0 - (2.0 * inter + SMOOTH) / (denom + SMOOTH)
+        # The Dice value is global but its gradient reaches only this rank's voxels: scale it by
+        # the world size so that it survives the gradient average (BCE is a per-rank mean).
+        return bce + dice * self.ctx.world_size if self.ctx.enabled else bce + dice
 
 
 @torch.no_grad()
-def pseudo_label(teacher_prob: torch.Tensor, threshold: float, tau: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_label(teacher_prob: torch.Tensor, threshold: float, tau: float,
+                 ctx: DistContext = SINGLE) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard pseudo-labels ``p > threshold`` and their weight (scalar tensor in [0, 1])."""
     labels = (teacher_prob > threshold).to(teacher_prob.dtype)
     confidence = torch.maximum(teacher_prob, 1 - teacher_prob)
-    weight = (confidence >= tau).float().mean()
+    weight = mean_over_ranks((confidence >= tau).float().mean(), ctx)
     return labels, weight
 
 

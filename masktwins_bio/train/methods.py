@@ -50,7 +50,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
 
     with torch.no_grad():
         t_prob = torch.sigmoid(teacher(tgt_weak).float())
-    pseudo, weight = pseudo_label(t_prob, cfg.uda.pseudo_threshold, cfg.uda.tau)
+    pseudo, weight = pseudo_label(t_prob, cfg.uda.pseudo_threshold, cfg.uda.tau, seg_loss.ctx)
     out.terms["pseudo/weight"] = float(weight)
     out.terms["pseudo/foreground"] = float(pseudo.mean())
     lam = cfg.uda.lambda_cl * weight

@@ -22,6 +22,7 @@ from ..models import build_model
 from .augment import photometric
 from .checkpoint import load_checkpoint, save_checkpoint
 from .device import autocast, autocast_dtype, select_device, to_device
+from .distributed import SINGLE, DistContext, average_gradients, barrier
 from .domains import (STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN, Domain, draw_batch,
                       iteration_rng)
 from .ema import ema_update, make_teacher
@@ -44,10 +45,14 @@ def lr_factor(cfg: RunConfig, step: int) -> float:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, source: Domain, target: Domain | None, run_dir: Path,
-                 target_labels: np.ndarray | None = None, progress: bool = True):
-        self.cfg, self.source, self.target = cfg, source, target
-        self.run_dir, self.target_labels, self.progress = Path(run_dir), target_labels, progress
+                 target_labels: np.ndarray | None = None, progress: bool = True,
+                 ctx: DistContext = SINGLE):
+        self.cfg, self.source, self.target, self.ctx = cfg, source, target, ctx
+        self.run_dir, self.target_labels = Path(run_dir), target_labels
+        self.progress = progress and ctx.is_main
         self.device = select_device(cfg.device)
+        if ctx.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", ctx.local_rank)
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         torch.manual_seed(cfg.seed)  # network initialisation
         self.student = build_model(cfg.model, cfg.dims).to(self.device)
@@ -57,7 +62,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(cfg, step))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.seg_loss = SegmentationLoss()
+        self.seg_loss = SegmentationLoss(ctx)
         self.iteration = 0
         self.best = {"iou": -1.0, "iteration": None}
         self.history: list[dict] = []
@@ -100,23 +105,30 @@ class Trainer:
         return self.student
 
     # -- one iteration ---------------------------------------------------------------------
+    def _rng(self, it: int, stream: int) -> np.random.Generator:
+        # Each rank draws its own share of the batch; a single process draws as rank 0 would
+        # without the rank in its seed, so runs made before data parallelism stay the same.
+        if self.ctx.enabled:
+            return iteration_rng(self.cfg.seed, it, stream * 1000 + self.ctx.rank)
+        return iteration_rng(self.cfg.seed, it, stream)
+
     def _batches(self, it: int):
         cfg, dims, crop = self.cfg, self.cfg.dims, self.cfg.crop
         aug = cfg.augment
         src_x, src_y = draw_batch(self.source, cfg.data.batch_source, crop, dims,
-                                  iteration_rng(cfg.seed, it, STREAM_SOURCE),
+                                  self._rng(it, STREAM_SOURCE),
                                   cfg.data.foreground_prob, aug.flip, aug.rot90)
         tgt = None
         if self.target is not None and cfg.method != "source-only":
             tgt, _ = draw_batch(self.target, cfg.data.batch_target, crop, dims,
-                                iteration_rng(cfg.seed, it, STREAM_TARGET), 0.0,
-                                aug.flip, aug.rot90)
+                                self._rng(it, STREAM_TARGET), 0.0, aug.flip, aug.rot90)
         return src_x, src_y, tgt
 
-    def step(self, it: int, keep_views: bool = False):
+    def step(self, it: int, keep_views: bool = False, batches=None):
+        """One optimiser step; ``batches`` (src_x, src_y, tgt) replaces sampling (tests)."""
         cfg = self.cfg
-        src_x, src_y, tgt = self._batches(it)
-        seed = int(iteration_rng(cfg.seed, it, STREAM_TRAIN).integers(0, 2**62))
+        src_x, src_y, tgt = self._batches(it) if batches is None else batches
+        seed = int(self._rng(it, STREAM_TRAIN).integers(0, 2**62))
         gen = torch.Generator().manual_seed(seed)
         src_x, src_y = to_device(src_x, self.device), to_device(src_y, self.device)
         src_x = photometric(src_x, cfg.augment, gen)
@@ -131,6 +143,7 @@ class Trainer:
                            keep_views=keep_views)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
+        average_gradients(self.student.parameters(), self.ctx)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -180,16 +193,17 @@ class Trainer:
             want_views = (it + 1) % cfg.image_every == 0
             out = self.step(it, keep_views=want_views)
             self.iteration = it + 1
-            if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters:
+            main = self.ctx.is_main
+            if main and (self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters):
                 for key, value in out.terms.items():
                     self.writer.add_scalar(key, value, self.iteration)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in out.terms.items()
                                  if k.startswith(("loss", "pseudo/weight"))}, refresh=False)
-            if want_views and out.views:
+            if main and want_views and out.views:
                 self._log_images(self.iteration, out.views)
             bar.update(1)
             done = self.iteration == cfg.iters
-            if self.iteration % cfg.val_every == 0 or done:
+            if main and (self.iteration % cfg.val_every == 0 or done):
                 metrics = self.validate()
                 if metrics is not None:
                     self.history.append({"iteration": self.iteration, **metrics})
@@ -199,13 +213,17 @@ class Trainer:
                         self.best = {"iou": metrics["iou"], "iteration": self.iteration}
                         save_checkpoint(self.state(), ckdir / "best.pt")
             if self.iteration % cfg.checkpoint_every == 0 or done or self.iteration == end:
-                save_checkpoint(self.state(), ckdir / "last.pt")
+                if main:
+                    save_checkpoint(self.state(), ckdir / "last.pt")
+                barrier(self.ctx)  # no rank runs ahead of a checkpoint it might resume from
         bar.close()
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()
         summary = {"iterations": self.iteration, "seconds": time.perf_counter() - start,
                    "best": self.best, "final": self.history[-1] if self.history else None}
+        if not self.ctx.is_main:
+            return summary
         tmp = self.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(self.run_dir / "summary.json")

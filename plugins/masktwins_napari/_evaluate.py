@@ -11,34 +11,11 @@ import numpy as np
 
 from masktwins_bio.errors import InputError
 
-from ._layers import Region, layer_name, layer_volume
+from ._layers import Region, RegionView, layer_name, layer_volume
 
 ROWS = (("map", "mAP", "per slice"), ("f1", "F1", "per slice"), ("mcc", "MCC", "per slice"),
         ("iou", "IoU", "per slice"), ("volume_iou", "IoU", "volume"),
         ("volume_dice", "Dice", "volume"))
-
-
-class _Crop:
-    """A lazy (Z, Y, X) window into another array-like."""
-
-    ndim = 3
-
-    def __init__(self, array, region: Region):
-        self._array, self._region = array, region
-        self.shape = region.shape
-        self.dtype = np.dtype(array.dtype)
-
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (3 - len(key))
-        outer = []
-        for k, a, n in zip(key, self._region.start, self.shape):
-            if isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                outer.append(slice(a + start, a + stop, step))
-            else:
-                outer.append(a + (int(k) + n if k < 0 else int(k)))
-        return np.asarray(self._array[tuple(outer)])
 
 
 def _offset(pred_layer, label_layer, pred_shape, label_shape) -> Region:
@@ -79,7 +56,7 @@ def aligned_volumes(pred_layer, label_layer):
     if tuple(prob.shape) == tuple(labels.shape):
         return prob, labels
     region = _offset(pred_layer, label_layer, prob.shape, labels.shape)
-    return prob, _Crop(labels, region)
+    return prob, RegionView(labels, region)
 
 
 def evaluate_layers(pred_layer, label_layer, threshold: float = 0.5) -> dict:

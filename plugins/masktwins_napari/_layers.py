@@ -101,7 +101,7 @@ class Region:
         return cls((0, 0, 0), tuple(int(n) for n in shape))
 
     def describe(self) -> str:
-        return " × ".join(f"{a}:{b}" for a, b in zip(self.start, self.stop))
+        return ", ".join(f"{ax} {a}:{b}" for ax, a, b in zip("zyx", self.start, self.stop))
 
 
 def _span(center: float, length: int, size: int) -> tuple[int, int]:
@@ -219,20 +219,29 @@ def placement(layer, region: Region, squeeze_2d: bool) -> dict:
     return {"scale": tuple(scale), "translate": tuple(offset)}
 
 
+class RegionView:
+    """A lazy (Z, Y, X) window ``region`` into another array-like (the whole array if it is)."""
+
+    ndim = 3
+
+    def __init__(self, array, region: Region):
+        self._array, self._region = array, region
+        self.shape = region.shape
+        self.dtype = np.dtype(array.dtype)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        outer = []
+        for k, a, n in zip(key, self._region.start, self.shape):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                outer.append(slice(a + start, a + stop, step))
+            else:
+                outer.append(a + (int(k) + n if k < 0 else int(k)))
+        return np.asarray(self._array[tuple(outer)])
+
+
 def read_region(volume, region: Region) -> np.ndarray:
     """The voxels of ``region`` as a numpy array (dask and zarr are read here, in one go)."""
     return np.asarray(volume[region.slices])
-
-
-def check_fits_memory(n_voxels: int, bytes_per_voxel: int, what: str) -> None:
-    """InputError when an in-memory job would need more than half the available memory."""
-    try:
-        import psutil
-        available = psutil.virtual_memory().available
-    except Exception:  # psutil comes with napari; without it, do not guess
-        return
-    need = n_voxels * bytes_per_voxel
-    if need > available // 2:
-        raise InputError(f"{what} needs about {need / 2**30:.1f} GiB but only "
-                         f"{available / 2**30:.1f} GiB are free; choose region 'view' or "
-                         "'slice', or run `masktwins-bio predict` on the file.")

@@ -1,111 +1,146 @@
-"""Sliding-window prediction of a layer region with progress and cancellation (Qt-free).
+"""Prediction of a layer region through the library's out-of-core engine, with progress and
+cancellation (Qt-free).
 
 The numbers are those of ``masktwins-bio predict``: the same network (``load_model``), the same
-per-volume normalisation (``compute_stats`` of the whole layer) and the library's
-``predict_array`` with the same grouping of slices, so a widget run equals the CLI's output on
-the same input. What this module adds is a count of the network's forward passes known
-beforehand, a tick after each pass and a cancel check before each one, so a thread can report
-progress and stop between passes. 2D networks read the layer ``batch_size`` slices at a time
-(never the whole volume); 3D networks read the region at once.
+per-volume normalisation (``compute_stats`` of the whole layer), the same block plan
+(``make_plan``), ``Predictor`` options and engine (``run_tiles``: read → predict → blend →
+write), so a widget run over the whole layer writes the CLI's bytes. The layer is read lazily,
+window row by window row (numpy, dask, zarr or one level of a multiscale pyramid). The output is
+a numpy array when it fits comfortably in memory, else a zarr array in a temporary folder that
+napari shows lazily. What this module adds: the number of forward passes known beforehand, a
+tick after each pass and a cancel check before each one.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from masktwins_bio.errors import InputError
 
-from ._layers import Region, check_fits_memory, layer_name
+from ._layers import Region, RegionView, layer_name
+
+# Results up to this fraction of the free memory stay in memory; larger ones go to zarr.
+IN_MEMORY_FRACTION = 0.25
 
 
 class Cancelled(Exception):
-    """Raised inside the network call when the user cancelled the job."""
+    """Raised inside the engine's forward pass when the user cancelled the job."""
 
 
-class _Watched(torch.nn.Module):
-    """A network that checks for cancellation before and ticks after every forward pass."""
+class _WatchedPredictor:
+    """The engine's Predictor, with a cancel check before and a tick after every pass."""
 
-    def __init__(self, net: torch.nn.Module, tick: Callable[[], None],
-                 cancelled: Callable[[], bool]):
-        super().__init__()
-        self.net = net
-        self._tick = tick
-        self._cancelled = cancelled
+    def __init__(self, predictor, tick: Callable[[], None], cancelled: Callable[[], bool]):
+        self._predictor, self._tick, self._cancelled = predictor, tick, cancelled
 
-    def forward(self, x):
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def __call__(self, batch):
         if self._cancelled():
             raise Cancelled()
-        out = self.net(x)
+        out = self._predictor(batch)
         self._tick()
         return out
 
 
-def windows_per_image(shape, roi, overlap: float) -> int:
-    """Number of windows MONAI's sliding_window_inference places on one image of ``shape``."""
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
+class ZarrArraySink:
+    """Blocks of the engine written into a zarr array (one chunk per block, so the engine's
+    writer threads never share a chunk)."""
 
-    size = tuple(max(int(s), int(r)) for s, r in zip(shape, roi))
-    scan = _get_scan_interval(size, tuple(int(r) for r in roi), len(roi),
-                              (float(overlap),) * len(roi))
-    return len(dense_patch_slices(size, tuple(int(r) for r in roi), scan))
+    def __init__(self, path: Path, shape, block):
+        import zarr
+
+        self.array = zarr.create_array(store=str(path), shape=tuple(shape),
+                                       chunks=tuple(block), dtype="float32", fill_value=0,
+                                       zarr_format=3)
+
+    def write(self, block, slices, prob) -> None:
+        self.array[slices] = prob
+
+    def close(self) -> None:
+        pass
 
 
-def _slabs(region: Region, step: int):
-    """z ranges of ``step`` slices, counted from the region's first slice."""
-    z0, z1 = region.start[0], region.stop[0]
-    return [(z, min(z + step, z1)) for z in range(z0, z1, step)]
+def _free_memory() -> int | None:
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil comes with napari; without it, assume the result fits
+        return None
 
 
 @dataclass
 class PredictionPlan:
     """One prediction job: which voxels, with which network and settings."""
 
-    model: torch.nn.Module
-    dims: int
-    roi: tuple
+    loaded: object           # masktwins_bio.inference.model_io.LoadedModel
     volume: object           # lazy (Z, Y, X) array-like, full resolution
     region: Region
-    stats: object            # IntensityStats of the whole layer
+    stats: object = None     # IntensityStats of the whole layer (set before ``run``)
+    roi: tuple = ()
     overlap: float = 0.25
     batch_size: int = 4
-    device: torch.device | str = "cpu"
+    device: object = "cpu"
+    out_dir: str | None = None   # where an out-of-core result goes (a temp folder if None)
+    block_plan: object = field(init=False, repr=False)
+
+    def __post_init__(self):
+        from masktwins_bio.inference.plan import make_plan
+
+        self.roi = tuple(int(r) for r in (self.roi or self.loaded.roi))
+        self.block_plan = make_plan(self.region.shape, self.roi, self.loaded.dims, self.overlap,
+                                    None, self.batch_size)
+
+    @property
+    def dims(self) -> int:
+        return self.loaded.dims
 
     @property
     def steps(self) -> int:
         """Forward passes of the network (what the progress bar counts)."""
-        _, ny, nx = self.region.shape
-        if self.dims == 3:
-            return math.ceil(windows_per_image(self.region.shape, self.roi, self.overlap)
-                             / self.batch_size)
-        per_slice = windows_per_image((ny, nx), self.roi, self.overlap)
-        return sum(math.ceil((b - a) * per_slice / self.batch_size)
-                   for a, b in _slabs(self.region, self.batch_size))
+        from masktwins_bio.inference.schedule import TileWork
+
+        return sum(len(TileWork(self.block_plan, t).batches) for t in self.block_plan.tiles())
+
+    @property
+    def in_memory(self) -> bool:
+        free = _free_memory()
+        return free is None or self.region.size * 4 <= IN_MEMORY_FRACTION * free
+
+    def _predictor(self):
+        from masktwins_bio.inference.forward import Predictor
+        from masktwins_bio.inference.predict import PredictOptions, make_predictor
+
+        options = PredictOptions(overlap=self.overlap, batch_size=self.batch_size)
+        if self.roi == tuple(self.loaded.roi):
+            return make_predictor(self.loaded, self.device, options, quiet=True)
+        return Predictor(self.loaded.model, self.loaded.dims, self.roi, self.device,
+                         amp=options.amp, optimize=options.optimize, quiet=True)
 
     def run(self, tick: Callable[[], None] = lambda: None,
-            cancelled: Callable[[], bool] = lambda: False) -> np.ndarray:
-        """Foreground probability (Z, Y, X) float32 of the region; raises Cancelled."""
-        from masktwins_bio.inference.window import predict_array
+            cancelled: Callable[[], bool] = lambda: False):
+        """Foreground probability (Z, Y, X) float32 of the region: a numpy array, or a zarr
+        array on disk for results too large for memory. Raises Cancelled."""
+        from masktwins_bio.inference.engine import pending_works, run_tiles
+        from masktwins_bio.inference.store import ArraySink
 
-        net = _Watched(self.model, tick, cancelled)
-        if self.dims == 3:
-            image = self.stats.apply(np.asarray(self.volume[self.region.slices]))
-            return predict_array(net, image, 3, self.roi, self.overlap, self.batch_size,
-                                 self.device)
-        out = np.empty(self.region.shape, dtype=np.float32)
-        z_base = self.region.start[0]
-        _, ys, xs = self.region.slices
-        for a, b in _slabs(self.region, self.batch_size):
-            if cancelled():
-                raise Cancelled()
-            slab = self.stats.apply(np.asarray(self.volume[a:b, ys, xs]))
-            out[a - z_base:b - z_base] = predict_array(net, slab, 2, self.roi, self.overlap,
-                                                       self.batch_size, self.device)
-        return out
+        if cancelled():
+            raise Cancelled()
+        predictor = _WatchedPredictor(self._predictor(), tick, cancelled)
+        if self.in_memory:
+            sink = ArraySink(self.region.shape)
+        else:
+            folder = Path(self.out_dir or tempfile.mkdtemp(prefix="masktwins-napari-"))
+            sink = ZarrArraySink(folder / "probability.zarr", self.region.shape,
+                                 self.block_plan.block)
+        source = RegionView(self.volume, self.region)
+        run_tiles(pending_works(self.block_plan, set()), source, self.stats, predictor, sink)
+        return sink.out if isinstance(sink, ArraySink) else sink.array
 
 
 def check_settings(overlap: float, batch_size: int, roi) -> None:
@@ -129,22 +164,21 @@ def plan_prediction(loaded, layer, volume, region: Region, stats, *, roi=None,
     if loaded.dims == 3 and layer_is_2d:
         raise InputError(f"The checkpoint holds a 3D network but layer '{layer_name(layer)}' is "
                          "a single 2D image; use a 2D run or a volume layer.")
-    if loaded.dims == 3:
-        short = [(ax, n, r) for ax, n, r in zip("zyx", volume.shape, roi) if n < r / 2]
-        if short:
-            ax, n, r = short[0]
-            raise InputError(f"Layer '{layer_name(layer)}' has {n} voxels along {ax}, too few "
-                             f"for the 3D network's window of {r}; use a 2D run or more data.")
-        check_fits_memory(region.size, 16, "Predicting this region with a 3D network")
-    else:
-        check_fits_memory(region.size, 5, "Holding the prediction of this region")
-    return PredictionPlan(loaded.model, loaded.dims, roi, volume, region, stats, float(overlap),
-                          int(batch_size), device)
+    if region.size == 0:
+        raise InputError(f"The region of layer '{layer_name(layer)}' is empty; choose another.")
+    return PredictionPlan(loaded, volume, region, stats, roi, float(overlap), int(batch_size),
+                          device)
 
 
-def instance_labels(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """Connected components (face-connected, in 3D) of ``prob > threshold``, uint32 ids."""
-    from scipy import ndimage
+def instance_labels(prob, threshold: float):
+    """Connected components (face-connected, in 3D) of ``prob > threshold`` as uint32 ids for an
+    in-memory result; for a zarr result, the lazy 0/1 mask (components need the whole volume).
+    """
+    if isinstance(prob, np.ndarray):
+        from scipy import ndimage
 
-    labels, _ = ndimage.label(prob > threshold)
-    return labels.astype(np.uint32, copy=False)
+        labels, _ = ndimage.label(prob > threshold)
+        return labels.astype(np.uint32, copy=False)
+    import dask.array as da
+
+    return (da.from_array(prob, chunks=prob.chunks) > threshold).astype(np.uint8)

@@ -7,6 +7,7 @@ import queue
 import threading
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit,
                               PushButton, SpinBox)
 from napari.qt.threading import create_worker
@@ -198,7 +199,7 @@ class PredictWidget(Container):
         squeeze = is_2d(layer)
         place = placement(layer, plan.region, squeeze)
         if squeeze:
-            prob, labels = prob[0], labels[0]
+            prob, labels = np.asarray(prob[0]), np.asarray(labels[0])
         meta = {"masktwins_bio": {"kind": "foreground_probability",
                                   "checkpoint": str(loaded.path),
                                   "iteration": loaded.iteration,
@@ -210,6 +211,10 @@ class PredictWidget(Container):
         replace_layer(self._viewer, f"{layer.name} prediction", labels, "labels",
                       opacity=0.5, **place)
         self.last_prediction = prob
-        n = int(labels.max()) if labels.size else 0
-        self._status.value = (f"done: {plan.steps} passes, mean probability "
-                              f"{float(prob.mean()):.3f}, {n} objects")
+        if isinstance(prob, np.ndarray):
+            n = int(labels.max()) if labels.size else 0
+            self._status.value = (f"done: {plan.steps} passes, mean probability "
+                                  f"{float(prob.mean()):.3f}, {n} objects")
+        else:
+            self._status.value = (f"done: {plan.steps} passes; the result is on disk "
+                                  f"({prob.store}) and shown lazily")

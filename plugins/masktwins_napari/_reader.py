@@ -44,6 +44,35 @@ def get_reader(path):
     return read_zarr
 
 
+class LazyLayerArray:
+    """A :class:`~masktwins_bio.data.volumes.Volume` with the array attributes napari reads
+    (``size``, ``ndim``); indexing reads only the voxels asked for."""
+
+    ndim = 3
+
+    def __init__(self, volume):
+        self.volume = volume
+        self.shape = tuple(volume.shape)
+        self.dtype = np.dtype(volume.dtype)
+        self.size = int(np.prod(self.shape))
+        self.voxel_size, self.pixel_size = volume.voxel_size, volume.pixel_size
+
+    def __getitem__(self, key):
+        return self.volume[key]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.volume.read(), dtype=dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def _open(spec: str) -> LazyLayerArray:
+    from masktwins_bio.data.volumes import open_volume
+
+    return LazyLayerArray(open_volume(spec))
+
+
 def _scale_meta(vol) -> dict:
     vs = vol.voxel_size or ((1.0, *vol.pixel_size) if vol.pixel_size else None)
     if not vs:
@@ -52,9 +81,7 @@ def _scale_meta(vol) -> dict:
 
 
 def _open_levels(spec: str, n_levels: int) -> list:
-    from masktwins_bio.data.volumes import open_volume
-
-    return [open_volume(f"{spec}#level={k}") for k in range(n_levels)]
+    return [_open(f"{spec}#level={k}") for k in range(n_levels)]
 
 
 def _n_levels(group) -> int:
@@ -81,12 +108,11 @@ def _layers_of(path: Path) -> list[tuple]:
     import zarr
 
     from masktwins_bio.data.formats.zarr_store import array_keys
-    from masktwins_bio.data.volumes import open_volume
 
     node = zarr.open(store=str(path), mode="r")
     stem = path.name.split(".")[0]
     if isinstance(node, zarr.Array):
-        vol = open_volume(str(path))
+        vol = _open(str(path))
         meta = {"name": stem, **_scale_meta(vol), **_probability_style(dict(node.attrs))}
         return [(vol, meta, _image_or_labels(stem, vol))]
     levels = _n_levels(node)
@@ -101,7 +127,7 @@ def _layers_of(path: Path) -> list[tuple]:
             for name in sorted(k for k, v in node["labels"].groups()):
                 spec = f"{path}:labels/{name}"
                 n = _n_levels(node["labels"][name]) or 1
-                lvols = _open_levels(spec, n) if n > 1 else [open_volume(spec)]
+                lvols = _open_levels(spec, n) if n > 1 else [_open(spec)]
                 layers.append((lvols if n > 1 else lvols[0],
                                {"name": f"{stem} {name}", **_scale_meta(lvols[0])}, "labels"))
         return layers
@@ -110,7 +136,7 @@ def _layers_of(path: Path) -> list[tuple]:
         raise ValueError(f"{path} holds no arrays")
     layers = []
     for key in keys:
-        vol = open_volume(f"{path}:{key}")
+        vol = _open(f"{path}:{key}")
         arr_attrs = dict(node[key].attrs)
         meta = {"name": f"{stem} {key}", **_scale_meta(vol), **_probability_style(arr_attrs)}
         layers.append((vol, meta, _image_or_labels(key, vol)))

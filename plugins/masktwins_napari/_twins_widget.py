@@ -23,6 +23,9 @@ from ._twins import check_mode, compute_twins
 MAX_YX = 1024
 MAX_SLICES = 64
 GAP = 8  # voxels between tiles in the side-by-side layout
+SHORT_TITLES = {"crop": "crop + M", "twin A (x·M)": "A = x·M", "twin B (x·(1−M))": "B = x·(1−M)",
+                "teacher on image": "teacher(x)", "student on A": "student(A)",
+                "student on B": "student(B)", "disagreement |pA−pB|": "|pA − pB|"}
 
 
 class MaskedTwinsWidget(Container):
@@ -176,59 +179,74 @@ class MaskedTwinsWidget(Container):
         squeeze = is_2d(layer)
         base = placement(layer, region, squeeze)
         side = self._layout.value == "side"
-        width = region.shape[2] * base["scale"][-1]
-        limits = tuple(layer.contrast_limits)
-        name = layer.name
-
-        def put(index, title, data, kind="image", **kw):
-            data = data[0] if squeeze else data
-            translate = list(base["translate"])
-            if side:
-                translate[-1] += index * (width + GAP * base["scale"][-1])
-            return replace_layer(self._viewer, f"{name} {title}", data, kind,
-                                 scale=base["scale"], translate=tuple(translate), **kw)
-
-        tiles = [("twin A (x·M)", out.twin_a, {"contrast_limits": limits}),
-                 ("twin B (x·(1−M))", out.twin_b, {"contrast_limits": limits})]
-        if out.pred_a is not None:
-            prob = {"contrast_limits": (0.0, 1.0), "colormap": "magma"}
-            tiles += [("student on A", out.pred_a, prob), ("student on B", out.pred_b, prob),
-                      ("teacher on image", out.teacher, prob),
-                      ("disagreement |pA−pB|", out.disagreement,
-                       {"contrast_limits": (0.0, 1.0), "colormap": "inferno"})]
-        put(0, "mask M (1 = in twin A)", out.visible, "labels", opacity=0.25)
-        added = [put(i + 1, title, data, **kw) for i, (title, data, kw) in enumerate(tiles)]
+        sy, sx = base["scale"][-2], base["scale"][-1]
+        step = ((region.shape[1] + 3 * GAP) * sy, (region.shape[2] + GAP) * sx)
+        # side by side: a panel right of the layer; overlay: every tile on the crop itself
+        origin = list(base["translate"])
         if side:
-            for layer_ in added:
-                layer_.visible = True
-            self._titles(layer, base, region, squeeze, width, tiles)
-        else:
-            for layer_ in added[:-1]:
-                layer_.visible = False
-            added[-1].visible = True
+            origin[-1] = float(layer.extent.world[1][-1]) + 4 * GAP * sx
+        limits = tuple(layer.contrast_limits)
+        prob = {"contrast_limits": (0.0, 1.0), "colormap": "magma"}
+        # (title, data, kind, row, column, style): students sit under their twins
+        tiles = [("twin A (x·M)", out.twin_a, "image", 0, 1, {"contrast_limits": limits}),
+                 ("twin B (x·(1−M))", out.twin_b, "image", 0, 2, {"contrast_limits": limits})]
+        if side:
+            tiles.insert(0, ("crop", out.image, "image", 0, 0, {"contrast_limits": limits}))
+        tiles.insert(1 if side else 0, ("mask M (1 = in twin A)", out.visible, "labels", 0, 0,
+                                        {"opacity": 0.3}))
+        if out.pred_a is not None:
+            tiles += [("teacher on image", out.teacher, "image", 1, 0, prob),
+                      ("student on A", out.pred_a, "image", 1, 1, prob),
+                      ("student on B", out.pred_b, "image", 1, 2, prob),
+                      ("disagreement |pA−pB|", out.disagreement, "image", 1, 3,
+                       {"contrast_limits": (0.0, 1.0), "colormap": "inferno"})]
+        added = []
+        for title, data, kind, row, col, style in tiles:
+            translate = list(origin)
+            if side:
+                translate[-2] += row * step[0]
+                translate[-1] += col * step[1]
+            added.append(replace_layer(self._viewer, f"{layer.name} {title}",
+                                       data[0] if squeeze else data, kind,
+                                       scale=base["scale"], translate=tuple(translate), **style))
+        for layer_ in added:
+            layer_.visible = side or layer_ is added[0] or layer_ is added[-1]
+        self._annotate(layer, base, region, squeeze, side, tiles, origin, step)
         self._report.setText(self._report_html(job, out))
 
-    def _titles(self, layer, base, region, squeeze, width, tiles):
-        """Text labels above each tile of the side-by-side layout."""
-        titles = ["image (mask overlay)"] + [t[0] for t in tiles]
-        sy, sx = base["scale"][-2], base["scale"][-1]
-        y = base["translate"][-2] - 2 * GAP * sy
-        xs = [base["translate"][-1] + i * (width + GAP * sx) for i in range(len(titles))]
-        if squeeze:
-            coords = [(y, x) for x in xs]
-            feats = titles
-        else:
-            z0 = base["translate"][0]
-            zs = [z0 + k * base["scale"][0] for k in range(region.shape[0])]
-            coords = [(z, y, x) for z in zs for x in xs]
-            feats = titles * len(zs)
-        name = f"{layer.name} twins titles"
-        if name in self._viewer.layers:
-            self._viewer.layers.remove(name)
+    def _annotate(self, layer, base, region, squeeze, side, tiles, origin, step):
+        """Side by side: a title over each tile and the crop's outline on the layer."""
+        for suffix in ("twins titles", "twins crop") + (() if side else ("crop",)):
+            if f"{layer.name} {suffix}" in self._viewer.layers:
+                self._viewer.layers.remove(f"{layer.name} {suffix}")
+        if not side:
+            return
+        zs = [None] if squeeze else [base["translate"][0] + k * base["scale"][0]
+                                     for k in range(region.shape[0])]
+
+        def at(z, y, x):
+            return (y, x) if z is None else (z, y, x)
+
+        seen, yx, titles = set(), [], []
+        for title, _, _, row, col, _ in tiles:
+            if (row, col) not in seen:
+                seen.add((row, col))
+                yx.append((origin[-2] - 1.5 * GAP * base["scale"][-2] + row * step[0],
+                           origin[-1] + col * step[1]))
+                titles.append(SHORT_TITLES.get(title, title))
+        coords = [at(z, y, x) for z in zs for y, x in yx]
         self._viewer.add_points(
-            np.asarray(coords, dtype=float), name=name, size=0.01, features={"title": feats},
-            text={"string": "{title}", "color": "white", "anchor": "upper_left",
-                  "size": 10}, face_color="transparent", border_width=0)
+            np.asarray(coords, dtype=float), name=f"{layer.name} twins titles", size=0.01,
+            features={"title": titles * len(zs)}, face_color="transparent", border_width=0,
+            text={"string": "{title}", "color": "white", "anchor": "lower_left", "size": 9})
+        y0, x0 = base["translate"][-2], base["translate"][-1]
+        y1 = y0 + region.shape[1] * base["scale"][-2]
+        x1 = x0 + region.shape[2] * base["scale"][-1]
+        boxes = [np.asarray([at(z, y0, x0), at(z, y0, x1), at(z, y1, x1), at(z, y1, x0)])
+                 for z in zs]
+        self._viewer.add_shapes(boxes, shape_type="rectangle", edge_color="yellow",
+                                face_color="transparent", edge_width=2 * base["scale"][-1],
+                                name=f"{layer.name} twins crop")
 
     @staticmethod
     def _report_html(job, out) -> str:
@@ -237,7 +255,7 @@ class MaskedTwinsWidget(Container):
         block = "×".join(str(b) for b in (job["block"] if job["mode"] == "3D"
                                             else job["block"][1:]))
         ok = out.sum_error == 0.0
-        lines = [f"<b>Crop</b> z {region.describe()} ({'×'.join(map(str, region.shape))}), "
+        lines = [f"<b>Crop</b> {region.describe()} ({'×'.join(map(str, region.shape))}), "
                  f"{job['mode']} masks, block {block}, ratio {job['ratio']:.2f}, "
                  f"seed {job['seed']}",
                  f"Hidden in twin A: {hidden:.1f} % of voxels",

@@ -206,3 +206,24 @@ def test_mrc_voxel_size_in_nm(tmp_path):
     vol = open_volume(tmp_path / "t.mrc")
     assert vol.voxel_size == pytest.approx((5.0, 2.0, 2.0))
     np.testing.assert_array_equal(vol[5, ::2], VOL[5, ::2].astype(np.int16))
+
+
+def test_ome_zarr_v04_levels_and_units(tmp_path):
+    group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("s0", data=VOL[None], chunks=(1, 2, 10, 12))  # c, z, y, x
+    group.create_array("s1", data=VOL[None, :, ::2, ::2])
+    axes = [{"name": "c", "type": "channel"}] + [
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": f"s{k}", "coordinateTransformations": [
+            {"type": "scale", "scale": [1, 0.03, 0.004 * 2**k, 0.004 * 2**k]}]}
+        for k in range(2)]}]
+    vol = open_volume(tmp_path / "img.ome.zarr")
+    assert vol.shape == VOL.shape
+    np.testing.assert_allclose(vol.voxel_size, (30, 4, 4))
+    coarse = open_volume(f"{tmp_path}/img.ome.zarr#level=1")
+    np.testing.assert_array_equal(coarse.read(), VOL[:, ::2, ::2])
+    np.testing.assert_allclose(coarse.voxel_size, (30, 8, 8))
+    assert open_volume(f"{tmp_path}/img.ome.zarr:s1").voxel_size == coarse.voxel_size
+    with pytest.raises(InputError, match="2 resolution levels"):
+        open_volume(f"{tmp_path}/img.ome.zarr#level=5")

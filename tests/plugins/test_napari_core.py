@@ -153,8 +153,8 @@ def test_view_region_follows_camera_scale_and_translate():
     viewer = fake_viewer(point=(22, 0, 0), center=(0, 10 + 80, 20 + 300), zoom=2.0,
                          canvas=(100, 200))  # 50 × 100 world units visible → 25 × 50 voxels
     r = pick_region(layer, viewer, "view", depth=1)
-    assert r.start[0] == 5 and r.shape[0] == 1 or r.start[0] == 6
-    assert r.shape[1:] == (25, 50) or r.shape[1:] == (26, 51)
+    assert r.start[0] in (5, 6) and r.shape[0] == 1
+    assert abs(r.shape[1] - 25) <= 1 and abs(r.shape[2] - 50) <= 1  # half-visible pixels count
     assert abs((r.start[1] + r.stop[1]) / 2 - 40) <= 1
     assert abs((r.start[2] + r.stop[2]) / 2 - 150) <= 1
     assert pick_region(layer, viewer, "slice", 3).shape == (3, 100, 300)
@@ -246,8 +246,6 @@ def test_plan_refuses_bad_jobs(tiny_checkpoints):
         plan_prediction(loaded3, FakeLayer(plane[0]), plane, Region.whole(plane.shape), None,
                         layer_is_2d=True)
     thin = np.zeros((2, 64, 64), np.uint8)
-    with pytest.raises(InputError, match="too few"):
-        plan_prediction(loaded3, FakeLayer(thin), thin, Region.whole(thin.shape), None)
     loaded2 = load_predictor(tiny_checkpoints[2])
     with pytest.raises(InputError, match="Overlap"):
         plan_prediction(loaded2, FakeLayer(thin), thin, Region.whole(thin.shape), None,

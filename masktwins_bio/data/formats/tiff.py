@@ -2,8 +2,9 @@
 
 Pixels are read lazily through tifffile's zarr interface (``series.aszarr()``), so a crop reads
 only the pages and tiles it covers. Contiguous RGB (``YXS``) needs ``#channel=N``; planar
-(``SYX``) samples are read as z slices, since that is how a small grey stack often ends up. Voxel size comes from OME-XML, ImageJ metadata (``spacing``
-and ``unit``) or the resolution tags, in that order.
+(``SYX``) samples are read as z slices, since that is how a small grey stack often ends up.
+Voxel size comes from OME-XML, ImageJ metadata (``spacing`` and ``unit``) or the resolution
+tags, in that order.
 """
 from __future__ import annotations
 

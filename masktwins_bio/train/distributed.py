@@ -1,0 +1,89 @@
+"""Data-parallel training across processes (``torchrun``), with exact global-batch semantics.
+
+Each rank draws its own crops (its rank joins the seed), computes the loss of its share of the
+batch and averages gradients with the others after the backward pass. Terms that do not
+decompose over samples are made global: the batch Dice uses sums over all ranks, and the
+pseudo-label weight is the confident fraction over all ranks' voxels. So one step of W ranks
+with batch b equals one step of one process with batch W*b. Student weights stay identical on
+every rank, hence so does the EMA teacher; only rank 0 writes checkpoints and logs.
+
+We average gradients explicitly instead of wrapping the student in DistributedDataParallel,
+because one MaskTwins step runs the student several times (source, twins) before one backward,
+which DDP's reducer does not support without ``static_graph`` restrictions.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistContext()
+
+
+def from_environment(device: str) -> DistContext:
+    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return DistContext(rank, world, local)
+
+
+def global_sum(local: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum over ranks whose gradient flows into the local part only (others are constants)."""
+    if not ctx.enabled:
+        return local
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    return local + (total - local.detach())
+
+
+def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if not ctx.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / ctx.world_size
+
+
+def average_gradients(params, ctx: DistContext) -> None:
+    """Replace each gradient by its mean over ranks (one flat all-reduce)."""
+    if not ctx.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()

@@ -1,0 +1,132 @@
+"""`predict` end to end: layouts, dtypes, refusals with one sentence, resume after a kill, dask."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from masktwins_bio.cli import main
+from masktwins_bio.data.volumes import open_volume
+from masktwins_bio.inference.ledger import finished_blocks
+
+
+def _predict(ckpt, src, out, *extra):
+    return main(["predict", "--checkpoint", ckpt, "--input", src, "--output", str(out),
+                 "--device", "cpu", "--quiet", "--threads", "1", *extra])
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("masktwins-bio: error: ")
+    return err[0]
+
+
+def test_ome_output_with_mask_voxel_size_and_dtypes(tmp_path, ckpts, volume):
+    out = tmp_path / "p.ome.zarr"
+    assert _predict(ckpts[2], volume, out, "--threshold", "0.5", "--block", "4,32,40") == 0
+    prob = open_volume(out)
+    assert prob.shape == (10, 70, 90) and prob.dtype == np.float32
+    assert prob.voxel_size == (30.0, 8.0, 8.0)
+    p = prob.read()
+    assert 0 <= p.min() and p.max() <= 1
+    mask = open_volume(f"{out}:labels/mask").read()
+    np.testing.assert_array_equal(mask, (p > 0.5).astype(np.uint8))
+    attrs = zarr.open_group(str(out), mode="r").attrs["masktwins_bio"]
+    assert attrs["complete"] and abs(attrs["mean_probability"] - p.mean()) < 1e-6
+    for dtype, tol in (("float16", 1e-3), ("uint8", 0.5 / 255 + 1e-6)):
+        o = tmp_path / f"p_{dtype}.zarr"
+        assert _predict(ckpts[2], volume, o, "--dtype", dtype, "--block", "4,32,40") == 0
+        arr = zarr.open_array(str(o), mode="r")
+        assert arr.dtype == np.dtype(dtype)
+        scale = 255.0 if dtype == "uint8" else 1.0
+        assert np.abs(arr[:].astype(np.float32) / scale - p).max() <= tol
+
+
+def test_3d_network_and_window_larger_than_volume(tmp_path, ckpts):
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.random.default_rng(0).integers(0, 255, (5, 20, 24), np.uint8))
+    out = tmp_path / "p3.zarr"
+    assert _predict(ckpts[3], str(small), out) == 0     # window 8x32x32 > volume: padded
+    assert zarr.open_array(str(out), mode="r").shape == (5, 20, 24)
+
+
+def test_bad_inputs_say_one_sentence_and_exit_2(tmp_path, ckpts, volume, capsys):
+    out = tmp_path / "p.zarr"
+    assert _predict(ckpts[2], volume, out) == 0
+    before = (out / "zarr.json").read_bytes()
+    capsys.readouterr()
+    assert _predict(ckpts[2], volume, out) == 2
+    assert "exists" in _error(capsys) and (out / "zarr.json").read_bytes() == before
+    assert _predict(ckpts[2], volume, out, "--resume", "--overlap", "0.5") == 2
+    assert "another overlap" in _error(capsys)
+    assert _predict(ckpts["rgb"], volume, tmp_path / "rgb.zarr") == 2
+    assert "one grey" in _error(capsys)
+    image2d = tmp_path / "one.tif"
+    tifffile.imwrite(image2d, np.zeros((40, 40), np.uint8))
+    assert _predict(ckpts[3], str(image2d), tmp_path / "x.zarr") == 2
+    assert "3D network" in _error(capsys)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a volume")
+    assert _predict(ckpts[2], str(text), tmp_path / "y.zarr") == 2
+    assert "Unsupported file type" in _error(capsys)
+    assert _predict(ckpts[2], volume, tmp_path / "missing" / "z.zarr") == 2
+    assert "does not exist" in _error(capsys)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root ignores permissions
+            assert _predict(ckpts[2], volume, locked / "z.zarr") == 2
+            assert "permission denied" in _error(capsys)
+    finally:
+        locked.chmod(0o700)
+    assert _predict(ckpts[2], volume, tmp_path / "m.zarr", "--threshold", "0.5") == 2
+    assert "OME-Zarr" in _error(capsys)
+
+
+def test_killed_run_resumes_to_identical_bytes(tmp_path, ckpts, volume):
+    args = ["--block", "1,16,16", "--batch-size", "3"]
+    ref = tmp_path / "ref.zarr"
+    assert _predict(ckpts[2], volume, ref, *args) == 0
+    out = tmp_path / "killed.zarr"
+    code = ("import sys; from masktwins_bio.cli import main; sys.exit(main(sys.argv[1:]))")
+    cmd = [sys.executable, "-c", code, "predict", "--checkpoint", ckpts[2], "--input", volume,
+           "--output", str(out), "--device", "cpu", "--quiet", "--threads", "1", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    total = 10 * 5 * 6
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(finished_blocks(out)) >= 20:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(finished_blocks(out))
+    if not 0 < done < total:
+        pytest.skip(f"the run was not caught mid-way ({done} of {total} blocks)")
+    assert not zarr.open_array(str(out), mode="r").attrs["masktwins_bio"]["complete"]
+    assert _predict(ckpts[2], volume, out, *args, "--resume") == 0
+    a, b = zarr.open_array(str(ref), mode="r"), zarr.open_array(str(out), mode="r")
+    assert a[:].tobytes() == b[:].tobytes()
+    assert b.attrs["masktwins_bio"]["complete"]
+
+
+def test_dask_local_cluster_equals_single_process(tmp_path, ckpts, volume):
+    pytest.importorskip("distributed")
+    args = ["--block", "2,32,48"]
+    single, spread = tmp_path / "single.zarr", tmp_path / "dask.zarr"
+    assert _predict(ckpts[2], volume, single, *args) == 0
+    assert _predict(ckpts[2], volume, spread, *args, "--dask", "local:2") == 0
+    a, b = zarr.open_array(str(single), mode="r"), zarr.open_array(str(spread), mode="r")
+    assert a[:].tobytes() == b[:].tobytes()
+    logs = list((Path(spread) / ".masktwins" / "done").glob("*.log"))
+    assert len(logs) >= 2                      # both workers wrote blocks
+    run = json.loads((Path(spread) / ".masktwins" / "run.json").read_text())
+    assert run["block"] == [2, 32, 48]

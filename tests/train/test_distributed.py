@@ -1,0 +1,67 @@
+"""Data parallelism on CPU (gloo, 2 processes): 2 ranks x batch b == 1 process x batch 2b."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from masktwins_bio.config import build_config
+from masktwins_bio.data.synthetic import demo_pair
+from masktwins_bio.train.distributed import SINGLE, from_environment
+from masktwins_bio.train.domains import Domain, draw_batch, iteration_rng
+from masktwins_bio.train.trainer import Trainer
+
+NO_PHOTOMETRIC = {"brightness": 0.0, "contrast": 0.0, "noise": 0.0, "blur_prob": 0.0}
+
+
+def _setup(settings, method):
+    cfg = build_config(settings, {"method": method, "iters": 5, "augment": NO_PHOTOMETRIC,
+                                  "data": {"crop": [32, 32], "batch_source": 2,
+                                           "batch_target": 2},
+                                  "uda": {"tau": 0.6}})
+    data = demo_pair(2, seed=0, size="tiny")
+    source = Domain.from_arrays("source", *data["source"])
+    target = Domain.from_arrays("target", data["target"][0])
+    rng = iteration_rng(0, 0, 99)
+    src_x, src_y = draw_batch(source, 4, (32, 32), 2, rng)
+    tgt, _ = draw_batch(target, 4, (32, 32), 2, rng)
+    return cfg, source, target, (src_x, src_y, tgt)
+
+
+def _grads(trainer):
+    return {n: p.grad.clone() for n, p in trainer.student.named_parameters()}
+
+
+def _rank_main(rank, port, settings, method, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    ctx = from_environment("cpu")
+    cfg, source, target, (src_x, src_y, tgt) = _setup(settings, method)
+    share = slice(2 * rank, 2 * rank + 2)
+    trainer = Trainer(cfg, source, target, out_dir, progress=False, ctx=ctx)
+    trainer.step(0, batches=(src_x[share], src_y[share], tgt[share]))
+    if rank == 0:
+        torch.save(_grads(trainer), os.path.join(out_dir, "grads.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("method", ["source-only", "mean-teacher"])
+def test_two_ranks_equal_one_process_with_double_batch(tmp_path, tiny_settings, method):
+    mp.spawn(_rank_main, args=(_free_port(), tiny_settings, method, str(tmp_path)), nprocs=2)
+    distributed = torch.load(tmp_path / "grads.pt", weights_only=True)
+
+    cfg, source, target, batches = _setup(tiny_settings, method)
+    single = Trainer(cfg, source, target, tmp_path / "single", progress=False, ctx=SINGLE)
+    single.step(0, batches=batches)
+    expected = _grads(single)
+    for name, grad in expected.items():
+        torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m: f"{name}: {m}")

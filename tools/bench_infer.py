@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""Out-of-core sliding-window inference against MONAI, measured in one run.
+
+1. Equivalence: our engine vs MONAI ``sliding_window_inference(mode="gaussian",
+   padding_mode="reflect")`` on in-memory volumes (2D and 3D networks, one axis shorter than
+   the window), max |difference| of the probabilities.
+2. Speed, on-disk zarr to on-disk zarr with the default 2D UNet: ours (``predict_volume``, the
+   CLI's path: load checkpoint, statistics, predict, write) vs MONAI end to end (load checkpoint,
+   read the volume, statistics, ``sliding_window_inference``, sigmoid, write the same zarr) at our
+   ``sw_batch_size`` and at MONAI's default 1, and vs the bare forward of the same windows (no
+   I/O, no blending) through our forward (frozen, channels-last) and through the eager model.
+   Same threads for all; methods interleaved over rounds, best round of each reported.
+3. Memory: peak RSS of ``masktwins-bio predict`` (a subprocess, the path users run) on a
+   >= 4 GB zarr volume and on one four times smaller, with a small network.
+
+    python tools/bench_infer.py [--device cpu|cuda] [--rounds N] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from masktwins_bio.config import ModelConfig, build_config  # noqa: E402
+from masktwins_bio.models import build_model  # noqa: E402
+from masktwins_bio.train.checkpoint import save_checkpoint  # noqa: E402
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def write_checkpoint(path: Path, dims: int, crop, model: dict | None = None) -> str:
+    cfg = build_config({"dims": dims, "method": "source-only", "model": model or {},
+                        "data": {"crop": list(crop)}, "mask": {"block": [1, 8, 8]}})
+    torch.manual_seed(0)
+    net = build_model(cfg.model, dims)
+    save_checkpoint({"iteration": 0, "config": cfg.to_dict(), "model": net.state_dict(),
+                     "teacher": None}, path)
+    return str(path)
+
+
+def write_zarr(path: Path, shape, chunks, dtype="uint8", seed=0) -> None:
+    """A smooth-ish EM-like volume, written slab by slab (never whole in memory)."""
+    import zarr
+    from scipy import ndimage
+    from zarr.codecs import BloscCodec
+
+    arr = zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype,
+                            compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+                            overwrite=True)
+    rng = np.random.default_rng(seed)
+    tile = ndimage.gaussian_filter(rng.random((chunks[0], min(shape[1], 1024),
+                                               min(shape[2], 1024))), (0.5, 2, 2))
+    tile = np.rint(255 * (tile - tile.min()) / (tile.max() - tile.min())).astype(np.uint8)
+    for z in range(0, shape[0], chunks[0]):
+        n = min(chunks[0], shape[0] - z)
+        reps = (1, -(-shape[1] // tile.shape[1]), -(-shape[2] // tile.shape[2]))
+        slab = np.roll(np.tile(tile[:n], reps), z, axis=2)[:, :shape[1], :shape[2]]
+        arr[z:z + n] = slab.astype(dtype)
+
+
+# -- 1. equivalence ----------------------------------------------------------------------------
+@torch.inference_mode()
+def monai_probability(model, image, dims, roi, overlap, batch, device="cpu"):
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(image)[:, None] if dims == 2 else torch.from_numpy(image)[None, None]
+    y = sliding_window_inference(x.to(device), roi, batch, model, overlap=overlap,
+                                 mode="gaussian", padding_mode="reflect")
+    y = torch.sigmoid(y.float())
+    return (y[:, 0] if dims == 2 else y[0, 0]).cpu().numpy()
+
+
+def equivalence(device) -> float:
+    from masktwins_bio.inference.engine import blend_array
+
+    worst = 0.0
+    cases = [(2, (6, 300, 200), (128, 128), (3, 128, 96)),
+             (2, (3, 100, 260), (128, 128), None),          # y shorter than the window
+             (3, (20, 100, 90), (16, 64, 64), (8, 48, 48)),
+             (3, (10, 80, 70), (16, 64, 64), None)]         # z shorter than the window
+    for dims, shape, roi, block in cases:
+        torch.manual_seed(dims)
+        model = build_model(ModelConfig(), dims).eval().to(device)
+        image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+        ref = monai_probability(model, image, dims, roi, 0.25, 4, device)
+        ours = blend_array(model, image, dims, roi, 0.25, 4, device, block=block)
+        worst = max(worst, float(np.abs(ours - ref).max()))
+    return worst
+
+
+# -- 2. speed ----------------------------------------------------------------------------------
+def ours_end_to_end(ckpt, src, out, batch, device) -> float:
+    from masktwins_bio.inference.predict import PredictOptions, predict_volume
+
+    t = time.perf_counter()
+    predict_volume(ckpt, src, out, PredictOptions(batch_size=batch), device=device,
+                   overwrite=True, quiet=True)
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def monai_end_to_end(ckpt, src, out, batch, device, block) -> float:
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from masktwins_bio.data.normalize import compute_stats
+    from masktwins_bio.inference.model_io import load_model
+
+    t = time.perf_counter()
+    loaded = load_model(ckpt, device)
+    image = zarr.open_array(src, mode="r")[:]
+    d = loaded.config.data
+    x = compute_stats(image, d.low_pct, d.high_pct).apply(image)
+    prob = monai_probability(loaded.model, x, loaded.dims, loaded.roi, 0.25, batch, device)
+    arr = zarr.create_array(store=out, shape=prob.shape, chunks=block, dtype="float32",
+                            compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+                            fill_value=0, overwrite=True)
+    arr[:] = prob
+    return time.perf_counter() - t
+
+
+@torch.inference_mode()
+def forward_only(fn, n_windows, batch, window, device) -> float:
+    x = torch.randn((batch, 1, *window), device=device)
+    fn(x)
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(0, n_windows, batch):
+        fn(x[:min(batch, n_windows - i)])
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def speed(work: Path, device, rounds: int, batch: int, shape) -> dict:
+    from masktwins_bio.inference.forward import Predictor
+    from masktwins_bio.inference.model_io import load_model
+    from masktwins_bio.inference.plan import default_block, make_plan
+
+    roi = (256, 256)
+    ckpt = write_checkpoint(work / "unet2d.pt", 2, roi)
+    src = work / "speed.zarr"
+    block = default_block(shape, 2)
+    if not src.exists():
+        write_zarr(src, shape, (8, 256, 256))
+    plan = make_plan(shape, roi, 2, 0.25, None, batch)
+    loaded = load_model(ckpt, device)
+    fast = Predictor(loaded.model, 2, roi, device)   # our forward: frozen, channels-last
+    eager = loaded.model.eval()
+
+    def our_forward(x):
+        return fast.model(x.contiguous(memory_format=fast.fmt))
+
+    runs = {
+        "ours": lambda: ours_end_to_end(ckpt, str(src), str(work / "ours.zarr"), batch, device),
+        "monai": lambda: monai_end_to_end(ckpt, str(src), str(work / "m.zarr"), batch, device,
+                                          block),
+        "monai_default": lambda: monai_end_to_end(ckpt, str(src), str(work / "m1.zarr"), 1,
+                                                  device, block),
+        "forward": lambda: forward_only(our_forward, plan.n_windows, batch, roi, device),
+        "eager_forward": lambda: forward_only(eager, plan.n_windows, batch, roi, device),
+    }
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name].append(fn())
+    best = {k: min(v) for k, v in times.items()}
+    return {"windows": plan.n_windows, "seconds": {k: round(v, 2) for k, v in best.items()},
+            "speedup_vs_monai": best["monai"] / best["ours"],
+            "speedup_vs_monai_default": best["monai_default"] / best["ours"],
+            "fraction_of_forward": best["forward"] / best["ours"],
+            "fraction_of_eager_forward": best["eager_forward"] / best["ours"]}
+
+
+# -- 3. memory ---------------------------------------------------------------------------------
+def peak_rss_gb(cmd) -> float:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"predict failed ({proc.returncode}): {err[-2000:]}")
+    return usage.ru_maxrss / 2**20  # KiB -> GiB
+
+
+def memory(work: Path, device, gb: float, dtype: str) -> dict:
+    roi = (512, 512)
+    ckpt = write_checkpoint(work / "small2d.pt", 2, roi,
+                            {"channels": [2, 4], "strides": [2], "num_res_units": 0})
+    itemsize = np.dtype(dtype).itemsize
+    side = 4096
+    z_big = max(8, int(round(gb * 2**30 / (side * side * itemsize) / 8)) * 8)
+    out = {}
+    for name, z in (("small", z_big // 4), ("big", z_big)):
+        src = work / f"mem_{name}_{dtype}_{z}.zarr"
+        if not src.exists():
+            write_zarr(src, (z, side, side), (8, 512, 512), dtype)
+        cmd = [sys.executable, "-m", "masktwins_bio", "predict", "--checkpoint", ckpt,
+               "--input", str(src), "--output", str(work / f"mem_{name}_pred.zarr"),
+               "--overwrite", "--quiet", "--device", device, "--overlap", "0",
+               "--batch-size", "8", "--dtype", "float16"]
+        t = time.perf_counter()
+        out[name] = peak_rss_gb(cmd)
+        out[f"{name}_seconds"] = round(time.perf_counter() - t, 1)
+        out[f"{name}_gb"] = z * side * side * itemsize / 1e9
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed part")
+    p.add_argument("--batch", type=int, default=8, help="windows per forward pass (both)")
+    p.add_argument("--speed-shape", default="16,768,768", help="Z,Y,X of the speed volume")
+    p.add_argument("--memory-gb", type=float, default=4.3, help="size of the big volume")
+    p.add_argument("--memory-dtype", default="float32", choices=("uint8", "float32"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads for everything")
+    p.add_argument("--workdir", default=None, help="keep volumes here between runs")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = p.parse_args()
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_infer_"))
+    work.mkdir(parents=True, exist_ok=True)
+    shape = tuple(int(v) for v in args.speed_shape.split(","))
+
+    diff = equivalence(device)
+    print(f"equivalence: max |ours - MONAI| = {diff:.2e}")
+    sp = speed(work, device, args.rounds, args.batch, shape)
+    print(f"speed ({shape}, {sp['windows']} windows of 256x256, batch {args.batch}, "
+          f"{torch.get_num_threads()} threads): seconds {sp['seconds']}")
+    print(f"  ours / MONAI(batch {args.batch}) {sp['speedup_vs_monai']:.2f}x, ours / MONAI"
+          f"(batch 1) {sp['speedup_vs_monai_default']:.2f}x, fraction of our forward "
+          f"{sp['fraction_of_forward']:.2f}, of the eager forward "
+          f"{sp['fraction_of_eager_forward']:.2f}")
+    mem = {} if args.skip_memory else memory(work, device, args.memory_gb, args.memory_dtype)
+    if mem:
+        print(f"memory: peak RSS {mem['big']:.2f} GB on {mem['big_gb']:.2f} GB "
+              f"({mem['big_seconds']} s), {mem['small']:.2f} GB on {mem['small_gb']:.2f} GB "
+              f"({mem['small_seconds']} s)")
+    result = {"max_abs_diff_vs_monai": diff,
+              "speedup_vs_monai": round(sp["speedup_vs_monai"], 3),
+              "speedup_vs_monai_default": round(sp["speedup_vs_monai_default"], 3),
+              "fraction_of_forward": round(sp["fraction_of_forward"], 3),
+              "peak_rss_gb": round(mem["big"], 3) if mem else None,
+              "peak_rss_gb_small": round(mem["small"], 3) if mem else None,
+              "volume_gb": round(mem["big_gb"], 2) if mem else None,
+              "device": torch.cuda.get_device_name(0) if device == "cuda" else
+              f"cpu ({torch.get_num_threads()} threads)",
+              "fraction_of_eager_forward": round(sp["fraction_of_eager_forward"], 3),
+              "seconds": sp["seconds"]}
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
