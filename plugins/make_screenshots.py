@@ -9,6 +9,8 @@ viewer with the synthetic target domain and one widget docked after it has run:
 
 * ``napari_twins.png``: masked twins of the displayed region, the student on each twin, the
   teacher on the crop and their disagreement, with the consistency scores;
+* ``napari_predict_running.png``: the Predict widget while it runs, with napari's progress bar
+  (activity panel) and the Cancel button live;
 * ``napari_predict.png``: the Predict widget after a whole-volume prediction (probability and
   labels layers over the image);
 * ``napari_evaluate.png``: the Evaluate widget's DA-ISC table and per-slice IoU plot.
@@ -73,14 +75,24 @@ def twins(checkpoint: Path, out: Path) -> None:
     w = _dock(viewer, "Masked twins")
     w._image.value = viewer.layers["synthetic target"]
     viewer.scene.camera.center = (8, 128, 128)
-    viewer.scene.camera.zoom = 6.0  # the displayed region: about 160 × 190 voxels
+    viewer.scene.camera.zoom = 8.0  # the displayed region: about 120 × 130 voxels
     w._checkpoint.value = str(checkpoint)
     w._region.value = "view"
     w.run()
     _wait(lambda: w.last_result is not None and w._run.enabled)
-    viewer.reset_view()
+    panel = [ly for ly in viewer.layers if ly.name.startswith("synthetic target ")
+             and not ly.name.endswith(("mito", "twins crop"))]
+    viewer.fit_to_view(layers=panel, margin=0.04)  # the tiles, large; the layer at the left
     _save(viewer, out / "napari_twins.png")
     viewer.close()
+
+
+def _show_activity(viewer, visible: bool = True) -> None:
+    """Open or close napari's activity panel (its progress bars); private API, best effort."""
+    try:
+        viewer.window._status_bar._toggle_activity_dock(visible)
+    except Exception as err:  # the screenshot is still useful without it
+        print(f"(activity panel not toggled: {err})")
 
 
 def predict_and_evaluate(checkpoint: Path, out: Path) -> None:
@@ -88,8 +100,13 @@ def predict_and_evaluate(checkpoint: Path, out: Path) -> None:
     w = _dock(viewer, "Predict")
     w._checkpoint.value = str(checkpoint)
     w._image.value = viewer.layers["synthetic target"]
-    w.run()
+    w._batch.value = 1  # more, shorter passes: a progress bar worth showing
+    worker = w.run()
+    _show_activity(viewer)
+    _wait(lambda: w.steps_done >= worker.pbar.total // 3)
+    _save(viewer, out / "napari_predict_running.png")
     _wait(lambda: w.last_prediction is not None and w._run.enabled)
+    _show_activity(viewer, False)
     viewer.layers["synthetic target prediction"].contour = 1
     viewer.layers["synthetic target prediction"].opacity = 0.9
     _save(viewer, out / "napari_predict.png")

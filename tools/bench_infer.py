@@ -133,55 +133,95 @@ def monai_end_to_end(ckpt, src, out, batch, device, block) -> float:
 
 
 @torch.inference_mode()
-def forward_only(fn, n_windows, batch, window, device) -> float:
+def forward_only(fn, n_windows, batch, window, device, streams: int = 1) -> float:
+    """Seconds to run ``n_windows`` windows through ``fn`` in batches, ``streams`` at once."""
+    import threading
+
     x = torch.randn((batch, 1, *window), device=device)
     fn(x)
     _sync(device)
+    starts = list(range(0, n_windows, batch))
+
+    def part(k):
+        with torch.inference_mode():
+            for i in starts[k::streams]:
+                fn(x[:min(batch, n_windows - i)])
+
     t = time.perf_counter()
-    for i in range(0, n_windows, batch):
-        fn(x[:min(batch, n_windows - i)])
+    threads = [threading.Thread(target=part, args=(k,)) for k in range(1, streams)]
+    for th in threads:
+        th.start()
+    part(0)
+    for th in threads:
+        th.join()
     _sync(device)
     return time.perf_counter() - t
+
+
+def _threaded(threads: int, fn):
+    def run():
+        torch.set_num_threads(threads)
+        return fn()
+    return run
 
 
 def speed(work: Path, device, rounds: int, batch: int, shape) -> dict:
     from masktwins_bio.inference.forward import Predictor
     from masktwins_bio.inference.model_io import load_model
     from masktwins_bio.inference.plan import default_block, make_plan
+    from masktwins_bio.inference.predict import cpu_cores, parallelism
 
     roi = (256, 256)
     ckpt = write_checkpoint(work / "unet2d.pt", 2, roi)
-    src = work / "speed.zarr"
+    src = work / f"speed_{'x'.join(map(str, shape))}.zarr"
     block = default_block(shape, 2)
     if not src.exists():
         write_zarr(src, shape, (8, 256, 256))
     plan = make_plan(shape, roi, 2, 0.25, None, batch)
     loaded = load_model(ckpt, device)
-    fast = Predictor(loaded.model, 2, roi, device)   # our forward: frozen, channels-last
+    fast = Predictor(loaded.model, 2, roi, device)   # our forward variant (see forward.py)
     eager = loaded.model.eval()
+    cores = cpu_cores() if torch.device(device).type == "cpu" else torch.get_num_threads()
+    threads, streams = parallelism(torch.device(device), None, None)
 
     def our_forward(x):
-        return fast.model(x.contiguous(memory_format=fast.fmt))
+        return fast.model(x.contiguous(memory_format=fast.fmt) if fast.channels_last else x)
 
-    runs = {
-        "ours": lambda: ours_end_to_end(ckpt, str(src), str(work / "ours.zarr"), batch, device),
-        "monai": lambda: monai_end_to_end(ckpt, str(src), str(work / "m.zarr"), batch, device,
-                                          block),
-        "monai_default": lambda: monai_end_to_end(ckpt, str(src), str(work / "m1.zarr"), 1,
-                                                  device, block),
-        "forward": lambda: forward_only(our_forward, plan.n_windows, batch, roi, device),
-        "eager_forward": lambda: forward_only(eager, plan.n_windows, batch, roi, device),
-    }
+    def monai(b, t):
+        name = f"m{b}_{t}.zarr"
+        return _threaded(t, lambda: monai_end_to_end(ckpt, str(src), str(work / name), b,
+                                                     device, block))
+
+    def fwd(fn, t, k):
+        return _threaded(t, lambda: forward_only(fn, plan.n_windows, batch, roi, device, k))
+
+    runs = {"ours": lambda: ours_end_to_end(ckpt, str(src), str(work / "ours.zarr"), batch,
+                                            device)}
+    # Every peer setting gets both thread layouts; each is credited with its best.
+    for t in sorted({cores, 1}, reverse=True):
+        runs[f"monai@{t}"] = monai(batch, t)
+        runs[f"monai_default@{t}"] = monai(1, t)
+    runs[f"forward@{cores}"] = fwd(our_forward, cores, 1)
+    runs[f"eager_forward@{cores}"] = fwd(eager, cores, 1)
+    if streams > 1:
+        runs[f"forward@1x{streams}"] = fwd(our_forward, threads, streams)
+        runs[f"eager_forward@1x{streams}"] = fwd(eager, threads, streams)
     times = {k: [] for k in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
             times[name].append(fn())
     best = {k: min(v) for k, v in times.items()}
+
+    def best_of(prefix):
+        return min(v for k, v in best.items() if k.split("@")[0] == prefix)
+
+    ours = best["ours"]
     return {"windows": plan.n_windows, "seconds": {k: round(v, 2) for k, v in best.items()},
-            "speedup_vs_monai": best["monai"] / best["ours"],
-            "speedup_vs_monai_default": best["monai_default"] / best["ours"],
-            "fraction_of_forward": best["forward"] / best["ours"],
-            "fraction_of_eager_forward": best["eager_forward"] / best["ours"]}
+            "streams": streams, "threads": threads,
+            "speedup_vs_monai": best_of("monai") / ours,
+            "speedup_vs_monai_default": best_of("monai_default") / ours,
+            "fraction_of_forward": best_of("forward") / ours,
+            "fraction_of_eager_forward": best_of("eager_forward") / ours}
 
 
 # -- 3. memory ---------------------------------------------------------------------------------
@@ -228,7 +268,8 @@ def main() -> int:
     p.add_argument("--memory-dtype", default="float32", choices=("uint8", "float32"))
     p.add_argument("--threads", type=int, default=None, help="torch threads for everything")
     p.add_argument("--workdir", default=None, help="keep volumes here between runs")
-    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--parts", default="equivalence,speed,memory",
+                   help="comma-separated parts to run")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
@@ -239,16 +280,22 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     shape = tuple(int(v) for v in args.speed_shape.split(","))
 
-    diff = equivalence(device)
+    parts = set(args.parts.split(","))
+    diff = equivalence(device) if "equivalence" in parts else float("nan")
     print(f"equivalence: max |ours - MONAI| = {diff:.2e}")
-    sp = speed(work, device, args.rounds, args.batch, shape)
-    print(f"speed ({shape}, {sp['windows']} windows of 256x256, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads): seconds {sp['seconds']}")
+    sp = speed(work, device, args.rounds, args.batch, shape) if "speed" in parts else None
+    if sp is None:
+        sp = {k: float("nan") for k in ("speedup_vs_monai", "speedup_vs_monai_default",
+                                        "fraction_of_forward", "fraction_of_eager_forward")}
+        sp.update({"windows": 0, "seconds": {}, "streams": 0, "threads": 0})
+    print(f"speed ({shape}, {sp['windows']} windows of 256x256, batch {args.batch}; ours: "
+          f"{sp['streams']} streams x {sp['threads']} threads; name@threads): "
+          f"seconds {sp['seconds']}")
     print(f"  ours / MONAI(batch {args.batch}) {sp['speedup_vs_monai']:.2f}x, ours / MONAI"
           f"(batch 1) {sp['speedup_vs_monai_default']:.2f}x, fraction of our forward "
           f"{sp['fraction_of_forward']:.2f}, of the eager forward "
           f"{sp['fraction_of_eager_forward']:.2f}")
-    mem = {} if args.skip_memory else memory(work, device, args.memory_gb, args.memory_dtype)
+    mem = {} if "memory" not in parts else memory(work, device, args.memory_gb, args.memory_dtype)
     if mem:
         print(f"memory: peak RSS {mem['big']:.2f} GB on {mem['big_gb']:.2f} GB "
               f"({mem['big_seconds']} s), {mem['small']:.2f} GB on {mem['small_gb']:.2f} GB "
@@ -261,7 +308,7 @@ def main() -> int:
               "peak_rss_gb_small": round(mem["small"], 3) if mem else None,
               "volume_gb": round(mem["big_gb"], 2) if mem else None,
               "device": torch.cuda.get_device_name(0) if device == "cuda" else
-              f"cpu ({torch.get_num_threads()} threads)",
+              f"cpu ({sp['streams'] * (sp['threads'] or 1)} cores)",
               "fraction_of_eager_forward": round(sp["fraction_of_eager_forward"], 3),
               "seconds": sp["seconds"]}
     if args.json:

@@ -3,7 +3,8 @@
 Prints, in one run:
   * batches/s of the whole pipeline (2D 256² crops, normalisation, default MONAI augmentation,
     collation, default DataLoader workers) fed from an on-disk OME-Zarr and from an in-memory
-    array, and their ratio (goal: zarr ≥ 0.8 × memory);
+    array, and their ratio (goal: zarr ≥ 0.8 × memory); also the CPU time per batch of both
+    (main process + workers), whose ratio does not depend on what else the machine runs;
   * crops/s of 256² 2D and 64×128² 3D crops (read + normalise + collate, default workers) from a
     ≥ 4 GB zarr volume (goals: ≥ 1,000 and ≥ 200 on 2 cores);
   * the peak RSS of a process sampling augmented crops from that ≥ 4 GB volume, and from a small
@@ -12,7 +13,8 @@ Prints, in one run:
 The volumes (chunked like ``convert``'s default) are generated once into --workdir (default
 $TMPDIR/masktwins-bench) and reused; delete it after changing the default chunks.
 ``--json`` ends with one line:
-{"zarr_vs_memory": …, "crops_per_s_2d": …, "crops_per_s_3d": …, "peak_rss_gb": …, "volume_gb": …}
+{"zarr_vs_memory": …, "zarr_vs_memory_cpu": …, "crops_per_s_2d": …, "crops_per_s_3d": …,
+ "peak_rss_gb": …, "volume_gb": …}
 """
 from __future__ import annotations
 
@@ -76,23 +78,37 @@ def make_volume(path: Path, shape: tuple, with_labels: bool) -> Path:
                                                      (4,) + shape[1:]))).to_dict()}})
     if with_labels:
         group = root.create_group("labels").create_group("mito")
-        copy_blocks(label_block, create_level(group, "0", shape, np.uint8, DEFAULT_CHUNKS))
+        copy_blocks(label_block, create_level(group, "0", shape, np.uint8, DEFAULT_CHUNKS,
+                                              is_label=True))
         group.attrs.update({"ome": {"version": "0.5", "multiscales": [
             multiscales_meta("mito", 1, (40.0, 4.0, 4.0))]}})
     os.replace(tmp, path)
     return path
 
 
-def _rate(loader, seconds: float, warmup: int = 3) -> tuple[float, int]:
-    """(batches/s, items per batch) over ``seconds`` after ``warmup`` batches."""
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of this process and the given worker processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(os.times()[:2])
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _rate(loader, seconds: float, warmup: int = 3) -> tuple[float, int, float]:
+    """(batches/s, items per batch, CPU seconds per batch) over ``seconds`` after warm-up."""
     it = iter(loader)
     for _ in range(warmup):
         batch = next(it)
-    n, start = 0, time.perf_counter()
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+    n, start, cpu0 = 0, time.perf_counter(), _cpu_seconds(pids)
     while time.perf_counter() - start < seconds:
         batch = next(it)
         n += 1
-    return n / (time.perf_counter() - start), int(batch["image"].shape[0])
+    cpu = (_cpu_seconds(pids) - cpu0) / n
+    return n / (time.perf_counter() - start), int(batch["image"].shape[0]), cpu
 
 
 def pipeline_probe(small: str, kind: str, seconds: float, workers: int | None,
@@ -106,13 +122,15 @@ def pipeline_probe(small: str, kind: str, seconds: float, workers: int | None,
     if kind == "memory":
         image, labels = load_image(image), load_image(labels)
     ds = CropDataset(image, labels, crop=(256, 256), seed=0, normalise=stats)
-    print(_rate(make_loader(ds, batch, workers=workers), seconds)[0])
+    rate, _, cpu = _rate(make_loader(ds, batch, workers=workers), seconds)
+    print(rate, cpu)
 
 
 def pipeline_rates(small: Path, seconds: float, workers: int | None, batch: int) -> dict:
     """Each pipeline in a fresh process (same start-up for both), alternated three times; the
     median of each is kept (the 2 cores are shared, so single measurements are noisy)."""
     rates = {"zarr": [], "memory": []}
+    cpu = {"zarr": [], "memory": []}
     for _ in range(3):
         for kind in rates:
             cmd = [sys.executable, __file__, "--pipeline-probe", kind, "--small", str(small),
@@ -120,8 +138,12 @@ def pipeline_rates(small: Path, seconds: float, workers: int | None, batch: int)
             if workers is not None:
                 cmd += ["--workers", str(workers)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rates[kind].append(float(out.stdout.strip().splitlines()[-1]))
-    return {k: float(np.median(v)) for k, v in rates.items()}
+            rate, per_batch = out.stdout.strip().splitlines()[-1].split()
+            rates[kind].append(float(rate))
+            cpu[kind].append(float(per_batch))
+    result = {k: float(np.median(v)) for k, v in rates.items()}
+    result.update({f"{k}_cpu": float(np.median(v)) for k, v in cpu.items()})
+    return result
 
 
 def crop_rates(big: Path, seconds: float, workers: int | None) -> dict:
@@ -129,8 +151,9 @@ def crop_rates(big: Path, seconds: float, workers: int | None) -> dict:
     out = {}
     for name, crop, batch in (("2d", (256, 256), 64), ("3d", (64, 128, 128), 8)):
         ds = CropDataset(str(big), crop=crop, seed=1, transform=None)
-        rate, per = _rate(make_loader(ds, batch, workers=workers), seconds)
+        rate, per, cpu = _rate(make_loader(ds, batch, workers=workers), seconds)
         out[name] = rate * per
+        out[f"{name}_cpu_ms"] = cpu / per * 1e3  # CPU time per crop, all processes
     return out
 
 
@@ -183,19 +206,28 @@ def main() -> None:
           f"big {BIG_SHAPE} ({volume_gb:.2f} GB); workers={args.workers or default_workers()}")
     pipe = pipeline_rates(small, args.seconds, args.workers, args.batch)
     ratio = pipe["zarr"] / pipe["memory"]
+    cpu_ratio = pipe["memory_cpu"] / pipe["zarr_cpu"]
     print(f"pipeline (2D 256², norm, default aug, batch {args.batch}): zarr "
           f"{pipe['zarr']:.1f} batches/s, memory {pipe['memory']:.1f} batches/s, "
-          f"ratio {ratio:.2f} (goal ≥ 0.8)")
+          f"ratio {ratio:.2f} (goal ≥ 0.8); CPU per batch zarr {pipe['zarr_cpu'] * 1e3:.0f} ms, "
+          f"memory {pipe['memory_cpu'] * 1e3:.0f} ms, ratio {cpu_ratio:.2f} (what a quiet "
+          "machine's batches/s ratio would be)")
     crops = crop_rates(big, args.seconds, args.workers)
+    cores = len(os.sched_getaffinity(0))
     print(f"crops/s from the {volume_gb:.1f} GB zarr: 2D 256² {crops['2d']:.0f} (goal ≥ 1000), "
-          f"3D 64×128² {crops['3d']:.0f} (goal ≥ 200)")
+          f"3D 64×128² {crops['3d']:.0f} (goal ≥ 200); CPU per crop 2D "
+          f"{crops['2d_cpu_ms']:.2f} ms, 3D {crops['3d_cpu_ms']:.2f} ms, i.e. "
+          f"{cores * 1e3 / crops['2d_cpu_ms']:.0f} and {cores * 1e3 / crops['3d_cpu_ms']:.0f} "
+          f"crops/s on {cores} otherwise idle cores")
     rss_big = peak_rss(big, args.rss_crops)
     rss_small = peak_rss(small, args.rss_crops)
     print(f"peak RSS sampling augmented crops: {rss_big:.2f} GB from the {volume_gb:.1f} GB "
           f"volume, {rss_small:.2f} GB from the {np.prod(SMALL_SHAPE) / 1e9:.2f} GB one "
           "(goal < 1 GB, size-independent)")
     if args.json:
-        print(json.dumps({"zarr_vs_memory": round(ratio, 3), "crops_per_s_2d": round(crops["2d"]),
+        print(json.dumps({"zarr_vs_memory": round(ratio, 3),
+                          "zarr_vs_memory_cpu": round(cpu_ratio, 3),
+                          "crops_per_s_2d": round(crops["2d"]),
                           "crops_per_s_3d": round(crops["3d"]), "peak_rss_gb": round(rss_big, 3),
                           "volume_gb": round(volume_gb, 2)}))
 

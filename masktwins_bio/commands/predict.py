@@ -46,7 +46,9 @@ def register(sub) -> None:
     p.add_argument("--dask", default=None, metavar="ADDRESS",
                    help="spread blocks over a dask scheduler (tcp://host:port) or local:N")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per process (default: torch's choice)")
+                   help="torch threads per forward stream (CPU default: cores / streams)")
+    p.add_argument("--streams", type=int, default=None,
+                   help="forward passes at once (CPU default: one per core, at most 4)")
     p.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     p.add_argument("--eager", action="store_true",
                    help="run the network as is (no channels-last / frozen graph)")
@@ -63,7 +65,8 @@ def run(args) -> int:
         amp=not args.no_amp, optimize=not args.eager, threads=args.threads)
     summary = predict_volume(args.checkpoint, args.input, args.output, options,
                              device=args.device, which=args.which, resume=args.resume,
-                             overwrite=args.overwrite, dask=args.dask, quiet=args.quiet)
+                             overwrite=args.overwrite, dask=args.dask, quiet=args.quiet,
+                             streams=args.streams)
     resumed = (f", {summary['resumed_blocks']} blocks kept from before"
                if summary["resumed_blocks"] else "")
     print(f"wrote {summary['output']}: shape {summary['shape']}, {summary['blocks']} blocks"

@@ -50,10 +50,10 @@ def _named_domain(name: str, role: str, cfg: RunConfig, data_root: str | None):
 
         image, labels = demo_pair(cfg.dims, seed=cfg.seed)[SYNTHETIC[name]]
         return image, labels
-    from ..data.registry import dataset_volumes  # the registry knows where each name lives
+    from ..data.registry import resolve  # a registry name, or a path given as a name
 
-    image_spec, label_spec = dataset_volumes(name, role, data_root)
-    return _load_paths(image_spec, label_spec, cfg)
+    found = resolve(name, root=data_root)
+    return _load_paths(found.image, found.labels, cfg)
 
 
 def _load_paths(image_spec, label_spec, cfg: RunConfig):

@@ -80,13 +80,13 @@ def _write_image(group, vol_or_read, shape, dtype, chunks, levels, voxel_size, n
                  is_label, show, on_block=None) -> None:
     bar = _progress(math.prod(shape), name, show)
     try:
-        level0 = create_level(group, "0", shape, dtype, chunks)
+        level0 = create_level(group, "0", shape, dtype, chunks, is_label)
         read = vol_or_read if callable(vol_or_read) else (lambda b: vol_or_read[b])
         copy_blocks(read, level0, bar.update, on_block)
         prev = level0
         for k in range(1, levels):
             small = tuple([prev.shape[0]] + [max(1, -(-n // 2)) for n in prev.shape[1:]])
-            level = create_level(group, str(k), small, dtype, chunks)
+            level = create_level(group, str(k), small, dtype, chunks, is_label)
             downsample_level(prev, level, is_label, bar.update)
             prev = level
     finally:

@@ -160,7 +160,9 @@ class CropDataset(Dataset):
             label = (raw > 0 if self.label_rule == "nonzero" else binarise_labels(raw))[None]
         return image, label
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i) -> dict:
+        if isinstance(i, (list, tuple, range, np.ndarray)):
+            return self.batch(i)
         rng = np.random.default_rng([self.seed, int(i)])
         origin = self.origin(rng)
         image, label = self.read_crop(origin)
@@ -176,6 +178,40 @@ class CropDataset(Dataset):
         out["index"] = int(i)
         return out
 
+    def batch(self, indices) -> dict:
+        """Items ``indices`` collated (as ``default_collate`` would), written straight into
+        one (shared-memory, in a worker) buffer per key: no per-item copies to stack."""
+        indices = [int(i) for i in indices]
+        shape = (len(indices), 1) + self.crop
+        image = _batch_tensor(shape)
+        label = _batch_tensor(shape) if self._label_src is not None else None
+        origins = []
+        for k, i in enumerate(indices):
+            if self.transform is not None:  # augmented items: assemble them one by one
+                item = self[i]
+                image[k] = item["image"]
+                if label is not None:
+                    label[k] = item["label"]
+                origins.append(item["origin"])
+                continue
+            origin = self.origin(np.random.default_rng([self.seed, i]))  # as __getitem__
+            raw, lab = self.read_crop(origin)
+            dst = image[k].numpy()
+            dst[...] = raw
+            if self.stats is not None:
+                np.clip(dst, self.stats.low, self.stats.high, out=dst)
+                dst -= np.float32(self.stats.mean)
+                dst /= np.float32(self.stats.std)
+            if label is not None:
+                label[k].numpy()[...] = lab
+            origins.append(torch.tensor(origin, dtype=torch.int64))
+        out = {"image": image}
+        if label is not None:
+            out["label"] = label
+        out["origin"] = torch.stack(origins)
+        out["index"] = torch.tensor(indices, dtype=torch.int64)
+        return out
+
 
 def _normalise(image: np.ndarray, stats: IntensityStats | None) -> np.ndarray:
     """``stats.apply`` computed in place on one float32 copy (3D crops are large)."""
@@ -187,21 +223,38 @@ def _normalise(image: np.ndarray, stats: IntensityStats | None) -> np.ndarray:
     return out
 
 
+def _batch_tensor(shape: tuple) -> torch.Tensor:
+    """An empty float32 tensor; in a DataLoader worker it lives in shared memory already, as
+    ``default_collate`` does it, so sending it to the main process copies nothing."""
+    from torch.utils.data import get_worker_info
+    if get_worker_info() is not None:
+        try:
+            numel = int(np.prod(shape))
+            storage = torch.empty(0)._typed_storage()._new_shared(numel, device="cpu")
+            return torch.empty(0).new(storage).resize_(shape)
+        except (AttributeError, RuntimeError):  # private API moved: plain memory still works
+            pass
+    return torch.empty(shape, dtype=torch.float32)
+
+
 def _plain_tensor(x) -> torch.Tensor:
     if hasattr(x, "as_tensor"):  # MONAI MetaTensor → plain tensor (cheaper to collate)
         x = x.as_tensor()
     return torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
 
 
-class _RangeSampler(Sampler):
-    def __init__(self, start: int, stop: int):
-        self.start, self.stop = start, stop
+class _BatchRanges(Sampler):
+    """[start, start+b), [start+b, start+2b), … up to ``stop`` (the last batch may be short)."""
+
+    def __init__(self, start: int, stop: int, batch_size: int):
+        self.start, self.stop, self.batch_size = start, stop, batch_size
 
     def __iter__(self):
-        return iter(range(self.start, self.stop))
+        for i in range(self.start, self.stop, self.batch_size):
+            yield range(i, min(i + self.batch_size, self.stop))
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+        return max(0, -(-(self.stop - self.start) // self.batch_size))
 
 
 def default_workers() -> int:
@@ -215,7 +268,9 @@ def default_workers() -> int:
 def make_loader(dataset: CropDataset, batch_size: int, start: int = 0,
                 workers: int | None = None, pin_memory: bool | None = None,
                 prefetch_factor: int = 4) -> DataLoader:
-    """A DataLoader over items ``start, start+1, …`` (resume = pass the next item index)."""
+    """A DataLoader of batches of items ``start, start+1, …`` (resume = pass the next item
+    index); batch ``k`` holds items ``start + k*batch_size …``, collated like default_collate
+    (``index`` and ``origin`` become tensors)."""
     workers = default_workers() if workers is None else int(workers)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     kwargs = dict(persistent_workers=True, prefetch_factor=prefetch_factor) if workers else {}
@@ -223,5 +278,7 @@ def make_loader(dataset: CropDataset, batch_size: int, start: int = 0,
         from .formats.tensorstore_reader import used_in_this_process
         if used_in_this_process():  # forked workers could not use tensorstore
             kwargs["multiprocessing_context"] = "forkserver"
-    return DataLoader(dataset, batch_size=batch_size, sampler=_RangeSampler(start, len(dataset)),
-                      num_workers=workers, pin_memory=pin, drop_last=False, **kwargs)
+    # Whole batches are built by the dataset (one buffer per key, no stacking copies).
+    return DataLoader(dataset, batch_size=None,
+                      sampler=_BatchRanges(start, len(dataset), int(batch_size)),
+                      num_workers=workers, pin_memory=pin, **kwargs)

@@ -43,7 +43,8 @@ def predict_tile(job, tile_index: int, done: list, device: str = "auto") -> int:
 
     predictor = _predictor(job, device)
     tile = job.plan.tiles()[tile_index]
-    run_job(job, predictor, tiles=[tile], done={tuple(b) for b in done})
+    # One forward stream per worker: the cluster is the parallelism.
+    run_job(job, predictor, tiles=[tile], done={tuple(b) for b in done}, streams=1)
     return tile_index
 
 

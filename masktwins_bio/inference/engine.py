@@ -1,14 +1,16 @@
 """The out-of-core engine: read → predict → blend → write, as a pipeline of bounded queues.
 
-Three threads and a small writer pool overlap the work of consecutive batches::
+A reader, one or more forward streams, a blender and a small writer pool overlap the work of
+consecutive batches::
 
-    reader  ──(≤2 batches)──▶  forward (caller's thread)  ──(≤2 batches)──▶  blender ──▶ writers
+    reader  ──(bounded queue)──▶  forward × streams  ──(in batch order)──▶  blender ──▶ writers
 
-The reader loads and normalises rows of windows (:mod:`.reader`); the forward runs the network
-(:mod:`.forward`); the blender adds weighted logits into open blocks and finalises each block the
-moment its last window is in (:mod:`.blend`); writers store finished blocks and log them in the
-ledger (:mod:`.store`, :mod:`.ledger`). Memory is bounded by the queues, the open blocks of one
-tile (:data:`.plan.ACC_BUDGET`) and the writers in flight, never by the volume.
+The reader loads and normalises rows of windows (:mod:`.reader`); one or more forward streams
+run the network (:mod:`.forward`; on CPU two single-threaded streams keep both cores busy
+without OpenMP barriers); the blender adds weighted logits into open blocks and finalises each
+block the moment its last window is in (:mod:`.blend`); writers store finished blocks and log
+them in the ledger (:mod:`.store`, :mod:`.ledger`). Memory is bounded by the queues, the open
+blocks of one tile (:data:`.plan.ACC_BUDGET`) and the writers in flight, never by the volume.
 """
 from __future__ import annotations
 
@@ -73,20 +75,64 @@ class _Pipeline:
 
 
 def run_tiles(works: Iterable[TileWork], source, stats, predictor: Predictor, sink,
-              progress: Callable[[int], None] | None = None) -> None:
-    """Predict every pending block of ``works`` into ``sink`` (``write(block, slices, prob)``)."""
+              progress: Callable[[int], None] | None = None, streams: int = 1) -> None:
+    """Predict every pending block of ``works`` into ``sink`` (``write(block, slices, prob)``).
+
+    ``streams`` forward passes run at once (the caller's thread and ``streams - 1`` more); the
+    blender still takes their results in batch order, so the output does not depend on it.
+    """
     pipe = _Pipeline()
-    reader = WindowReader(source, stats, predictor.dims)
+    pin = None
+    if getattr(predictor, "device", None) is not None and predictor.device.type == "cuda":
+        import torch
+
+        # Page-locked batches copy to the GPU asynchronously (torch caches these buffers).
+        def pin(shape):
+            return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+    reader = WindowReader(source, stats, predictor.dims, pin)
     blender = Blender(predictor.weight.cpu().numpy())
-    inputs: queue.Queue = queue.Queue(QUEUE_DEPTH)
-    outputs: queue.Queue = queue.Queue(QUEUE_DEPTH)
+    streams = max(1, int(streams))
+    inputs: queue.Queue = queue.Queue(QUEUE_DEPTH + streams)
+    results: dict[int, tuple] = {}
+    ready = threading.Condition()
+    in_flight = threading.BoundedSemaphore(QUEUE_DEPTH + 2 * streams)
+    total: list[int] = []  # number of batches, once the reader knows it
 
     def produce():
+        seq = 0
         for work in works:
             for batch in work.batches:
-                if not pipe.put(inputs, (work, batch, reader.batch(work, batch))):
+                x = reader.batch(work, batch)
+                while not in_flight.acquire(timeout=0.05):
+                    if pipe.stop.is_set():
+                        return
+                if not pipe.put(inputs, (seq, work, batch, x)):
                     return
-        pipe.put(inputs, _DONE)
+                seq += 1
+        with ready:
+            total.append(seq)
+            ready.notify_all()
+        for _ in range(streams):
+            pipe.put(inputs, _DONE)
+
+    def forward():
+        while True:
+            item = pipe.get(inputs)
+            if item is _DONE:
+                return
+            seq, work, batch, x = item
+            y = predictor(x)
+            with ready:
+                results[seq] = (work, batch, y)
+                ready.notify_all()
+
+    def next_result(seq: int):
+        with ready:
+            while seq not in results:
+                if pipe.stop.is_set() or (total and seq >= total[0]):
+                    return _DONE
+                ready.wait(0.05)
+            return results.pop(seq)
 
     def blend():
         slots = threading.BoundedSemaphore(2 * WRITERS)  # finished blocks waiting for a writer
@@ -101,10 +147,13 @@ def run_tiles(works: Iterable[TileWork], source, stats, predictor: Predictor, si
                 finally:
                     slots.release()
 
+            seq = 0
             while True:
-                item = pipe.get(outputs)
+                item = next_result(seq)
                 if item is _DONE:
                     break
+                seq += 1
+                in_flight.release()
                 work, batch, weighted = item
                 blender.add(work, batch.windows, weighted, work.pending_set)
                 for b in batch.finished:
@@ -118,17 +167,13 @@ def run_tiles(works: Iterable[TileWork], source, stats, predictor: Predictor, si
                 f.result()
 
     threads = [pipe.thread(produce), pipe.thread(blend)]
+    threads += [pipe.thread(forward) for _ in range(streams - 1)]
     try:
-        while True:
-            item = pipe.get(inputs)
-            if item is _DONE:
-                break
-            work, batch, x = item
-            if not pipe.put(outputs, (work, batch, predictor(x))):
-                break
-        pipe.put(outputs, _DONE)
+        forward()
     except BaseException as err:
         pipe.fail(err)
+    for t in threads[2:]:
+        t.join()
     threads[1].join()
     pipe.stop.set()
     threads[0].join()
@@ -147,7 +192,7 @@ def _raise_if_failed(future) -> bool:
 def blend_array(model, image: np.ndarray, dims: int, roi: tuple, overlap: float = 0.25,
                 batch_size: int = 4, device="cpu", tta: bool = False, optimize: bool = True,
                 block: tuple | None = None, stats=None,
-                predictor: Predictor | None = None) -> np.ndarray:
+                predictor: Predictor | None = None, streams: int = 1) -> np.ndarray:
     """Foreground probability (Z, Y, X) float32 of an in-memory (Z, Y, X) image.
 
     The same engine as :func:`predict_volume` with an in-memory sink; ``stats`` None means
@@ -163,7 +208,8 @@ def blend_array(model, image: np.ndarray, dims: int, roi: tuple, overlap: float 
     predictor = predictor or Predictor(model, dims, tuple(roi), device, tta=tta,
                                        optimize=optimize)
     sink = ArraySink(image.shape)
-    run_tiles((TileWork(plan, t) for t in plan.tiles()), image, stats, predictor, sink)
+    run_tiles((TileWork(plan, t) for t in plan.tiles()), image, stats, predictor, sink,
+              streams=streams)
     return sink.out
 
 

@@ -5,9 +5,10 @@
 dtype (autocast bf16/fp16 on CUDA). The importance map is MONAI's
 ``compute_importance_map(window, "gaussian", sigma_scale=0.125)``.
 
-Faster forwards that keep results within 1e-6 of eager PyTorch: inference mode, channels-last
-memory, and on CPU a traced and frozen graph (batch norm folded into convolutions); the frozen
-graph is checked against eager on a random batch and dropped if it differs by more than 1e-4.
+Faster forwards that keep results within 1e-5 of eager PyTorch (:func:`forward_variant`):
+inference mode always, channels-last memory where it is faster, and for 3D networks on CPU a
+traced and frozen graph (batch norm folded into convolutions), checked against eager on a random
+batch and dropped if it differs by more than 1e-4.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 
 GAUSSIAN_SIGMA = 0.125
 
@@ -51,6 +52,20 @@ def _freeze(model, example: torch.Tensor, fmt):
         return None
 
 
+def forward_variant(device: torch.device, dims: int, optimize: bool) -> str:
+    """How the network runs: "eager", "channels-last" or "frozen-channels-last".
+
+    Chosen by rule, never by timing, so every process of a run (resumed, or a dask worker)
+    computes the same bits: on CPU, 3D networks gain ~20% from a frozen channels-last graph while
+    2D ones run fastest eager (measured on 2 cores, default UNet); on CUDA, channels-last.
+    """
+    if not optimize:
+        return "eager"
+    if device.type == "cuda":
+        return "channels-last"
+    return "frozen-channels-last" if dims == 3 else "eager"
+
+
 class Predictor:
     """Runs batches of windows through ``model`` and weights them for blending."""
 
@@ -62,13 +77,12 @@ class Predictor:
         self.quiet = quiet
         model = model.eval().to(self.device)
         self.fmt = _memory_format(dims)
-        self.model = model
-        if optimize:
-            self.model = model.to(memory_format=self.fmt)
-            if self.device.type == "cpu":
-                example = torch.randn((2, 1, *self.window)).contiguous(memory_format=self.fmt)
-                self.model = _freeze(self.model, example, self.fmt) or self.model
-        self.optimize = optimize
+        self.variant = forward_variant(self.device, dims, optimize)
+        self.channels_last = self.variant != "eager"
+        self.model = model.to(memory_format=self.fmt) if self.channels_last else model
+        if self.variant == "frozen-channels-last":
+            example = torch.randn((2, 1, *self.window)).contiguous(memory_format=self.fmt)
+            self.model = _freeze(self.model, example, self.fmt) or self.model
         self.amp_dtype = None
         if amp and self.device.type == "cuda":
             self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported()
@@ -86,7 +100,7 @@ class Predictor:
         total = None
         for flip in self.flips:
             xi = torch.flip(x, flip) if flip else x
-            if self.optimize:
+            if self.channels_last:
                 xi = xi.contiguous(memory_format=self.fmt)
             if self.amp_dtype is not None:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype):
@@ -103,9 +117,10 @@ class Predictor:
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = self._logits(x)
         if y.shape[1] != 1 or tuple(y.shape[2:]) != self.window:
-            raise InputError(f"The network returns shape {tuple(y.shape[1:])} for a window of "
-                             f"{self.window}, but one foreground channel of the window's size is "
-                             "needed; use a checkpoint of a masktwins-bio segmentation run.")
+            raise CheckpointError(
+                f"The network returns shape {tuple(y.shape[1:])} for a window of {self.window}, "
+                "but one foreground channel of the window's size is needed; use a checkpoint of "
+                "a masktwins-bio segmentation run.")
         return (y[:, 0] * self.weight).contiguous()
 
     @torch.inference_mode()

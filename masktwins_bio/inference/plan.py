@@ -4,8 +4,8 @@ The window grid is MONAI's (``monai.inferers.sliding_window_inference``) laid ov
 volume, so blending block by block gives MONAI's result:
 
 * along an axis of size ``n`` with window ``r`` and overlap ``o`` the scan interval is
-  ``int(r * (1 - o))`` (at least 1; ``r`` when ``r == n``), windows start at ``k * interval`` and the
-  last one is moved back to end exactly at ``n`` (``dense_patch_slices``);
+  ``int(r * (1 - o))`` (at least 1; ``r`` when ``r == n``), windows start at ``k * interval``
+  and the last one is moved back to end exactly at ``n`` (``dense_patch_slices``);
 * an axis shorter than its window is padded to ``r`` first, ``(r - n) // 2`` voxels before and the
   rest after, which here means one window starting at ``-((r - n) // 2)``; the reader fills the
   voxels outside the volume by reflection (MONAI with ``padding_mode="reflect"``).
@@ -125,8 +125,8 @@ class BlockPlan:
         return out
 
     def tile_voxels(self, tile: Tile) -> list[tuple[int, int]]:
-        return [(a * c, min(b * c, n)) for a, b, c, n in zip(tile.lo, tile.hi, self.block,
-                                                                self.shape)]
+        return [(a * c, min(b * c, n))
+                for a, b, c, n in zip(tile.lo, tile.hi, self.block, self.shape)]
 
     def tile_windows(self, tile: Tile) -> list[range]:
         """Per axis, the window indices a tile runs: all that touch one of its voxels."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ class PredictOptions:
     block: tuple | None = None
     amp: bool = True
     optimize: bool = True
-    threads: int | None = None
+    threads: int | None = None      # torch threads per forward stream (None: leave as is)
+    streams: int = 1                # forward passes at once
     budget: int = ACC_BUDGET
 
     def validate(self) -> None:
@@ -46,6 +47,27 @@ class PredictOptions:
             raise InputError(f"--threshold {self.threshold} must lie strictly between 0 and 1.")
         if self.block is not None and (len(self.block) != 3 or min(self.block) < 1):
             raise InputError(f"--block {self.block} must give three positive sizes z,y,x.")
+        if (self.threads is not None and self.threads < 1) or self.streams < 1:
+            raise InputError("--threads and --streams must be at least 1.")
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def parallelism(device: torch.device, threads: int | None, streams: int | None):
+    """(threads per stream, streams): on CPU, by default one single-threaded stream per core
+    (at most 4 streams), which beats one stream using every core on small convolutions; on CUDA
+    two streams, so one queues work on the GPU while the other waits for its copy back."""
+    if device.type == "cuda":
+        return threads, streams or 2
+    cores = cpu_cores()
+    if streams is None:
+        streams = min(cores, 4) if threads is None else max(1, cores // threads)
+    return threads or max(1, cores // streams), streams
 
 
 @dataclass(frozen=True)
@@ -62,8 +84,8 @@ class PredictJob:
 def _fingerprint(job: PredictJob, shape, iteration: int) -> dict:
     o = job.options
     plan = job.plan.to_dict()
-    return {"input": os.path.abspath(job.input), "input_shape": list(shape),
-            "checkpoint": os.path.abspath(job.checkpoint), "iteration": iteration,
+    return {"input": job.input, "input_shape": list(shape),
+            "checkpoint": job.checkpoint, "iteration": iteration,
             "overlap": plan.pop("overlap"), "block": plan.pop("block"),
             "batch_size": plan.pop("batch_size"), "plan": plan, "tta": o.tta,
             "dtype": o.dtype, "threshold": o.threshold, "amp": o.amp, "optimize": o.optimize}
@@ -91,7 +113,8 @@ def make_predictor(loaded, device, options: PredictOptions, quiet=True) -> Predi
     return predictor
 
 
-def run_job(job: PredictJob, predictor: Predictor, tiles=None, done=None, progress=None) -> None:
+def run_job(job: PredictJob, predictor: Predictor, tiles=None, done=None, progress=None,
+            streams: int | None = None) -> None:
     """Predict the unfinished blocks of ``tiles`` (all tiles by default) of ``job``."""
     from ..data.normalize import IntensityStats
     from ..data.volumes import open_volume
@@ -102,7 +125,7 @@ def run_job(job: PredictJob, predictor: Predictor, tiles=None, done=None, progre
     with open_volume(job.input) as source:
         try:
             run_tiles(pending_works(job.plan, done, tiles), source, stats, predictor, sink,
-                      progress)
+                      progress, streams or job.options.streams)
         finally:
             sink.close()
 
@@ -119,12 +142,12 @@ def _progress(total: int, done: int, quiet: bool):
 def predict_volume(checkpoint, input_spec, output, options: PredictOptions | None = None,
                    device="auto", which: str = "auto", resume: bool = False,
                    overwrite: bool = False, dask: str | None = None,
-                   quiet: bool = False) -> dict:
+                   quiet: bool = False, streams: int | None = None) -> dict:
     """Predict ``input_spec`` with ``checkpoint`` into ``output``; returns a summary dict.
 
     ``output`` ending in ``.ome.zarr`` gets an OME-Zarr image (and ``labels/mask`` with a
     threshold), any other name a plain zarr array. ``dask`` is a scheduler address or
-    ``local:N``.
+    ``local:N``. ``streams`` None picks the CPU default of :func:`parallelism`.
     """
     from ..data.normalize import compute_stats
     from ..data.volumes import open_volume
@@ -136,6 +159,8 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     out = Path(output)
     mode = check_output(out, resume, overwrite)
     dev = select_device(device)
+    threads, streams = parallelism(dev, options.threads, streams)
+    options = replace(options, threads=threads, streams=streams)
     try:
         loaded = load_model(checkpoint, dev, which)
     except RuntimeError as err:  # weights of another shape: channels or width differ
@@ -153,8 +178,10 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
                                                        loaded.config.data.high_pct).to_dict()
     plan = make_plan(shape, loaded.roi, loaded.dims, options.overlap, options.block,
                      options.batch_size, options.budget)
-    job = PredictJob(str(input_spec), str(loaded.path), which,
-                     OutputSpec(out, options.dtype, options.threshold), plan, stats, options)
+    # Absolute paths: dask workers may run elsewhere (on a shared file system).
+    job = PredictJob(os.path.abspath(str(input_spec)), str(loaded.path.resolve()), which,
+                     OutputSpec(out.resolve(), options.dtype, options.threshold), plan, stats,
+                     options)
     fingerprint = _fingerprint(job, shape, loaded.iteration)
     if run is not None:
         _check_resume(out, run, fingerprint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from magicgui.widgets import Container, FloatSpinBox, Label, PushButton
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from ._evaluate import ROWS, evaluate_layers, table_rows
@@ -30,9 +31,9 @@ class EvaluateWidget(Container):
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        height = (self.table.verticalHeader().defaultSectionSize() * len(ROWS)
-                  + self.table.horizontalHeader().sizeHint().height() + 4)
-        self.table.setFixedHeight(height)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._fit_table()
         self.plot = SlicePlot("per-slice IoU")
         self.native.layout().addWidget(self.table)
         self.native.layout().addWidget(self.plot)
@@ -42,6 +43,13 @@ class EvaluateWidget(Container):
         self.worker = None
         self.metrics = None
         self._run.clicked.connect(self.run)
+
+    def _fit_table(self):
+        """Exactly as tall as its rows: a metrics table should never scroll."""
+        t = self.table
+        t.resizeRowsToContents()
+        rows = sum(t.rowHeight(r) for r in range(t.rowCount()))
+        t.setFixedHeight(rows + t.horizontalHeader().sizeHint().height() + 2 * t.frameWidth())
 
     def _select_defaults(self):
         """Prefer a probability layer and a labels layer, so two clicks are rarely needed."""
@@ -79,6 +87,7 @@ class EvaluateWidget(Container):
         for r, row in enumerate(table_rows(out)):
             for c, text in enumerate(row):
                 self.table.setItem(r, c, QTableWidgetItem(text))
+        self._fit_table()
         self.plot.set_values(out["per_slice"]["iou"])
         self._summary.value = (f"{pred.name} vs {labels.name}: {out['slices']} slices, "
                                f"threshold {out['threshold']:.2f}")

@@ -97,11 +97,12 @@ class PredictWidget(Container):
         return loaded
 
     def _on_checkpoint(self, _value=None):
+        """Load as soon as a real checkpoint is typed or picked; problems are only reported
+        (as a notification) when the user presses the button, not while typing a path."""
         try:
             self._load(quiet=True)
         except MaskTwinsError as err:
-            self._ckpt_info.value = "checkpoint not loaded"
-            notify_error(str(err))
+            self._ckpt_info.value = f"not loaded: {str(err).split(';')[0]}"
 
     # -- running -------------------------------------------------------------------------------
     def run(self):

@@ -111,11 +111,12 @@ class MaskedTwinsWidget(Container):
         return nets
 
     def _on_checkpoint(self, _value=None):
+        """Load as soon as a real checkpoint is typed or picked; problems are only reported
+        (as a notification) when the user presses the button, not while typing a path."""
         try:
             self._load(quiet=True)
         except MaskTwinsError as err:
-            self._ckpt_info.value = "checkpoint not loaded"
-            notify_error(str(err))
+            self._ckpt_info.value = f"not loaded: {str(err).split(';')[0]}"
 
     # -- running -------------------------------------------------------------------------------
     def run(self):
@@ -252,8 +253,8 @@ class MaskedTwinsWidget(Container):
     def _report_html(job, out) -> str:
         region = job["region"]
         hidden = 100.0 * (1.0 - float(out.visible.mean()))
-        block = "×".join(str(b) for b in (job["block"] if job["mode"] == "3D"
-                                            else job["block"][1:]))
+        shown = job["block"] if job["mode"] == "3D" else job["block"][1:]
+        block = "×".join(str(b) for b in shown)
         ok = out.sum_error == 0.0
         lines = [f"<b>Crop</b> {region.describe()} ({'×'.join(map(str, region.shape))}), "
                  f"{job['mode']} masks, block {block}, ratio {job['ratio']:.2f}, "

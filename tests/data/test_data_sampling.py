@@ -72,6 +72,15 @@ def test_in_memory_arrays_give_the_same_items(converted):
         assert torch.equal(disk[i]["label"], mem[i]["label"])
 
 
+@pytest.mark.parametrize("transform", [None, "default"])
+def test_batches_equal_stacked_items(converted, transform):
+    ds = CropDataset(converted[0], converted[1], crop=(2, 32, 32), seed=4, transform=transform)
+    batch = ds[range(3, 6)]
+    for key in ("image", "label", "origin"):
+        assert torch.equal(batch[key], torch.stack([ds[i][key] for i in range(3, 6)]))
+    assert batch["index"].tolist() == [3, 4, 5]
+
+
 def test_loader_resumes_at_an_index(converted):
     ds = CropDataset(converted[0], converted[1], crop=(32, 32), seed=5, length=12)
     full = [b["image"] for b in make_loader(ds, 4, workers=0)]

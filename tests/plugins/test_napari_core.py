@@ -217,7 +217,9 @@ def test_plan_equals_cli_and_counts_every_pass(tmp_path, tiny_checkpoints, targe
     ticks = []
     prob = plan.run(tick=lambda: ticks.append(1))
     assert len(ticks) == plan.steps > 1
-    np.testing.assert_array_equal(prob, _cli_prediction(tmp_path, image, tiny_checkpoints[dims]))
+    # same engine and plan; the CLI may spread passes over threads (float rounding only)
+    np.testing.assert_allclose(prob, _cli_prediction(tmp_path, image, tiny_checkpoints[dims]),
+                               rtol=0, atol=1e-6)
 
 
 def test_plan_cancels_between_passes(tiny_checkpoints, target_volume):

@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""Real-data domain adaptation benchmark: every method on VNC -> Lucchi (or the reverse).
+
+Each method trains with the same iteration budget, network and seeds on the labelled source,
+adapts to the unlabelled target images, then predicts the target and is scored against the
+target labels with the DA-ISC per-slice protocol (labels are used for measuring only: no
+validation-based checkpoint selection). Each (direction, method, seed) result is cached under
+tools/results/uda/ keyed by the resolved config, with the commit that made it, so parts can run
+in the background (--methods / --seeds) and the table is assembled from the cache.
+
+    python tools/bench_uda.py --direction vnc-to-lucchi --methods source-only,masktwins --seeds 0,1,2
+    python tools/bench_uda.py --assemble --json        # table from cached runs only
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from masktwins_bio.config import METHODS, build_config, load_yaml  # noqa: E402
+
+CACHE = ROOT / "tools" / "results" / "uda"
+METRICS = ("iou", "f1", "mcc", "map")
+
+# CPU preset: a MaskTwins run takes at most ~15 minutes on 2 cores.
+CPU_PRESET = {
+    "dims": 2, "iters": 3000, "checkpoint_every": 1000, "val_every": 10**9, "log_every": 50,
+    "image_every": 1000,
+    "data": {"crop": [256, 256], "batch_source": 2, "batch_target": 2, "foreground_prob": 0.5},
+    "optim": {"lr": 0.001, "schedule": "poly"},
+    "uda": {"ema": 0.99, "warmup_iters": 1000},
+    "mask": {"block": [1, 32, 32]},
+}
+GPU_PRESET_FILE = ROOT / "configs" / "vnc_to_lucchi.yaml"
+
+
+def real_root() -> Path:
+    env = os.environ.get("MASKTWINS_REAL_DATA")
+    return Path(env) if env else (ROOT / ".." / "shared" / "data" / "real").resolve()
+
+
+def direction_paths(direction: str, root: Path) -> dict:
+    vnc = {"image": root / "vnc" / "raw", "labels": root / "vnc" / "mitochondria"}
+    lucchi = {"image": root / "lucchi" / "train" / "images",
+              "labels": root / "lucchi" / "train" / "masks"}
+    return {"vnc-to-lucchi": {"source": vnc, "target": lucchi},
+            "lucchi-to-vnc": {"source": lucchi, "target": vnc}}[direction]
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                       text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_key(direction: str, cfg_dict: dict) -> str:
+    blob = json.dumps({"direction": direction, "config": cfg_dict}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cache_path(direction: str, method: str, seed: int, key: str) -> Path:
+    return CACHE / direction / f"{method}_seed{seed}_{key}.json"
+
+
+def resolve(preset: str, method: str, seed: int, iters: int | None, overrides: list[str]):
+    from masktwins_bio.config import parse_override
+
+    base = CPU_PRESET if preset == "cpu" else load_yaml(GPU_PRESET_FILE)
+    layers = [base, {"method": method, "seed": seed}]
+    if iters:
+        layers.append({"iters": iters})
+    layers += [parse_override(o) for o in overrides]
+    return build_config(*layers)
+
+
+def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
+    import torch
+
+    from masktwins_bio.inference.window import predict_array
+    from masktwins_bio.metrics import evaluate_volumes
+    from masktwins_bio.train.domains import Domain
+    from masktwins_bio.train.trainer import Trainer
+    import tempfile
+
+    cfg.device = device
+    d = cfg.data
+    source = Domain.from_arrays("source", data["source_image"], data["source_labels"],
+                                d.low_pct, d.high_pct)
+    target = Domain.from_arrays("target", data["target_image"], None, d.low_pct, d.high_pct)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, source, target, Path(tmp), progress=sys.stderr.isatty())
+        trainer.fit()
+        model = trainer.eval_model
+        prob = predict_array(model, target.image, cfg.dims, cfg.crop, overlap=0.25,
+                             batch_size=4, device=trainer.device)
+    metrics = evaluate_volumes(prob, data["target_labels"])
+    return {"metrics": {k: metrics[k] for k in METRICS + ("volume_iou", "volume_dice")},
+            "seconds": time.perf_counter() - start, "device": str(trainer.device),
+            "threads": torch.get_num_threads()}
+
+
+def load_data(direction: str) -> dict:
+    from masktwins_bio.data.volumes import load_image, load_labels
+
+    paths = direction_paths(direction, real_root())
+    for role in ("source", "target"):
+        if not paths[role]["image"].exists():
+            sys.exit(f"bench_uda: real data not found at {paths[role]['image']}; set "
+                     "MASKTWINS_REAL_DATA to the folder holding vnc/ and lucchi/.")
+    return {"source_image": load_image(paths["source"]["image"]),
+            "source_labels": load_labels(paths["source"]["labels"]),
+            "target_image": load_image(paths["target"]["image"]),
+            "target_labels": load_labels(paths["target"]["labels"])}
+
+
+def assemble(direction: str, methods: list[str], seeds: list[int], keys: dict) -> dict:
+    """Mean and std over the cached seeds of each method, for the current config only."""
+    table = {}
+    for method in methods:
+        runs = [json.loads(p.read_text()) for seed in seeds
+                if (p := cache_path(direction, method, seed, keys[(method, seed)])).exists()]
+        if not runs:
+            continue
+        row = {"seeds": [r["seed"] for r in runs], "commits": sorted({r["commit"] for r in runs})}
+        for m in METRICS:
+            values = [r["metrics"][m] for r in runs]
+            row[f"{m}_mean"] = statistics.fmean(values)
+            row[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        table[method] = row
+    return table
+
+
+def print_table(direction: str, table: dict) -> None:
+    print(f"\n{direction}: target metrics (%), mean ± std over seeds")
+    print(f"{'method':<14}" + "".join(f"{m:>15}" for m in METRICS) + "  seeds")
+    for method, row in table.items():
+        cells = "".join(f"{100 * row[m + '_mean']:>8.1f} ± {100 * row[m + '_std']:<4.1f}"
+                        for m in METRICS)
+        print(f"{method:<14}{cells}  {row['seeds']}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--direction", default="vnc-to-lucchi",
+                   choices=("vnc-to-lucchi", "lucchi-to-vnc"))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--preset", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--iters", type=int, help="override the preset's iteration budget")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--assemble", action="store_true", help="no training: table from the cache")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args()
+
+    methods = [m for m in args.methods.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    keys, data = {}, None
+    for method in methods:
+        for seed in seeds:
+            cfg = resolve(args.preset, method, seed, args.iters, args.overrides)
+            key = run_key(args.direction, cfg.to_dict())
+            keys[(method, seed)] = key
+            path = cache_path(args.direction, method, seed, key)
+            if path.exists() or args.assemble:
+                continue
+            data = data or load_data(args.direction)
+            print(f"training {method} seed {seed} ({cfg.iters} iterations) ...", flush=True)
+            result = train_and_score(args.direction, cfg, args.device, data)
+            record = {"direction": args.direction, "method": method, "seed": seed, "key": key,
+                      "commit": commit(), "preset": args.preset, "overrides": args.overrides,
+                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "config": cfg.to_dict(), **result}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(path)
+            print(f"  {method} seed {seed}: IoU {100 * result['metrics']['iou']:.1f} "
+                  f"in {result['seconds']:.0f} s", flush=True)
+    table = assemble(args.direction, methods, seeds, keys)
+    print_table(args.direction, table)
+    iters = resolve(args.preset, methods[0], seeds[0], args.iters, args.overrides).iters
+    if args.json:
+        print(json.dumps({"methods": table, "iters": iters, "seeds": seeds,
+                          "direction": args.direction, "preset": args.preset}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
