@@ -45,6 +45,9 @@ class DataConfig:
     low_pct: float = 0.5                    # normalisation clip percentiles, per volume
     high_pct: float = 99.5
     foreground_prob: float = 0.0            # chance that a source crop is drawn around foreground
+    stream: str = "auto"                    # read crops from disk: "auto" (volumes > 1 GiB),
+                                            # "always" or "never" (load volumes into memory)
+    workers: int = -1                       # DataLoader workers when streaming (-1: default)
 
 
 @dataclass
@@ -255,6 +258,8 @@ def validate(cfg: RunConfig) -> None:
     _check(0.0 <= cfg.data.low_pct < cfg.data.high_pct <= 100.0,
            "data.low_pct and data.high_pct must satisfy 0 <= low < high <= 100.")
     _check(0.0 <= cfg.data.foreground_prob <= 1.0, "data.foreground_prob must lie in [0, 1].")
+    _check(cfg.data.stream in ("auto", "always", "never"),
+           f"data.stream={cfg.data.stream!r} is unknown; use auto, always or never.")
     _check(0.0 <= cfg.uda.ema < 1.0, f"uda.ema={cfg.uda.ema} must lie in [0, 1).")
     _check(0.5 <= cfg.uda.tau <= 1.0, f"uda.tau={cfg.uda.tau} must lie in [0.5, 1].")
     _check(0.0 < cfg.uda.pseudo_threshold < 1.0, "uda.pseudo_threshold must lie in (0, 1).")

@@ -43,26 +43,33 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _named_domain(name: str, role: str, cfg: RunConfig, data_root: str | None):
-    """A dataset name -> (image, labels or None) arrays."""
-    if name in SYNTHETIC:
-        from ..data.synthetic import demo_pair
+STREAM_ABOVE_BYTES = 1 << 30  # data.stream=auto reads volumes larger than this from disk
 
-        image, labels = demo_pair(cfg.dims, seed=cfg.seed)[SYNTHETIC[name]]
-        return image, labels
-    from ..data.registry import resolve  # a registry name, or a path given as a name
 
-    found = resolve(name, root=data_root)
-    return _load_paths(found.image, found.labels, cfg)
+def _specs(name: str | None, image: str | None, label: str | None, data_root: str | None):
+    """(image spec, label spec) of a registry name or of paths."""
+    if name and name not in SYNTHETIC:
+        from ..data.registry import resolve  # a registry name, or a path given as a name
+
+        found = resolve(name, root=data_root)
+        return found.image, found.labels
+    return image, label
+
+
+def _check_volume(spec, cfg: RunConfig):
+    from ..data.volumes import open_volume
+
+    vol = open_volume(spec)
+    if cfg.dims == 3 and vol.ndim_source == 2:
+        raise InputError(f"'{spec}' is a single 2D image but --dims 3 needs a volume; "
+                         "use --dims 2 or give a stack of slices.")
+    return vol
 
 
 def _load_paths(image_spec, label_spec, cfg: RunConfig):
-    from ..data.volumes import load_image, load_labels, open_volume
+    from ..data.volumes import load_image, load_labels
 
-    vol = open_volume(image_spec)
-    if cfg.dims == 3 and vol.ndim_source == 2:
-        raise InputError(f"'{image_spec}' is a single 2D image but --dims 3 needs a volume; "
-                         "use --dims 2 or give a stack of slices.")
+    _check_volume(image_spec, cfg)
     image = load_image(image_spec)
     labels = load_labels(label_spec) if label_spec else None
     if labels is not None and labels.shape != image.shape:
@@ -72,43 +79,68 @@ def _load_paths(image_spec, label_spec, cfg: RunConfig):
     return image, labels
 
 
-def load_domains(cfg: RunConfig, data_root: str | None = None):
-    """Source (image, labels), target image or None, target labels or None."""
-    from ..train.domains import Domain
+def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
+            keep_labels: bool):
+    """One domain, in memory or streamed from disk (data.stream), plus its labels if kept."""
+    from ..train.domains import STREAM_SOURCE, STREAM_TARGET, Domain
 
     d = cfg.data
-    if d.source:
-        s_img, s_lab = _named_domain(d.source, "source", cfg, data_root)
-    elif d.source_image and d.source_label:
-        s_img, s_lab = _load_paths(d.source_image, d.source_label, cfg)
+    if name in SYNTHETIC:
+        from ..data.synthetic import demo_pair
+
+        image, labels = demo_pair(cfg.dims, seed=cfg.seed)[SYNTHETIC[name]]
     else:
+        vol = _check_volume(image_spec, cfg)
+        big = vol.nbytes > STREAM_ABOVE_BYTES
+        if d.stream == "always" or (d.stream == "auto" and big):
+            from ..data.volumes import open_volume
+            from ..train.streams import StreamedDomain
+
+            if label_spec and tuple(open_volume(label_spec).shape) != tuple(vol.shape):
+                raise InputError(f"The {role} image has shape {tuple(vol.shape)} but its labels "
+                                 f"have a different shape; give labels of the same volume.")
+            stream = STREAM_SOURCE if role == "source" else STREAM_TARGET
+            seed = (cfg.seed * 1_000_003 + stream * 1009 + rank) % 2**62
+            batch = d.batch_source if role == "source" else d.batch_target
+            return StreamedDomain(role, image_spec, label_spec if keep_labels else None,
+                                  cfg.crop, batch, seed,
+                                  d.foreground_prob if role == "source" else 0.0,
+                                  None if d.workers < 0 else d.workers), None
+        image, labels = _load_paths(image_spec, label_spec, cfg)
+    if role == "source" and labels is None:
+        raise InputError(f"The source '{name or image_spec}' has no labels; a source must be "
+                         "labelled.")
+    dom = Domain.from_arrays(role, image, labels if keep_labels else None, d.low_pct,
+                             d.high_pct)
+    dom.check_crop(cfg.crop, cfg.dims)
+    return dom, labels
+
+
+def load_domains(cfg: RunConfig, data_root: str | None = None, rank: int = 0):
+    """Source domain, target domain or None, target labels (validation only) or None."""
+    d = cfg.data
+    if not (d.source or (d.source_image and d.source_label)):
         raise ConfigError("No source data; give --source NAME or both --source-image and "
                           "--source-label.")
-    if s_lab is None:
+    s_img, s_lab = _specs(d.source, d.source_image, d.source_label, data_root)
+    if d.source not in SYNTHETIC and not s_lab:
         raise InputError(f"The source '{d.source}' has no labels; a source must be labelled.")
-    source = Domain.from_arrays("source", s_img, s_lab, d.low_pct, d.high_pct)
-    target, t_lab = None, None
-    if d.target:
-        t_img, t_lab = _named_domain(d.target, "target", cfg, data_root)
-    elif d.target_image:
-        t_img, _ = _load_paths(d.target_image, None, cfg)
-    else:
-        t_img = None
+    source, _ = _domain("source", d.source, s_img, s_lab, cfg, rank, keep_labels=True)
+    if not (d.target or d.target_image):
+        if cfg.method != "source-only":
+            raise ConfigError(f"--method {cfg.method} adapts to a target; give --target NAME "
+                              "or --target-image PATH (or use --method source-only).")
+        return source, None, None
+    t_img, _ = _specs(d.target, d.target_image, None, data_root)  # never the target's labels
+    target, t_lab = _domain("target", d.target, t_img, None, cfg, rank, keep_labels=False)
     if d.target_label:
         from ..data.volumes import load_labels
 
         t_lab = load_labels(d.target_label)
-    if t_img is None and cfg.method != "source-only":
-        raise ConfigError(f"--method {cfg.method} adapts to a target; give --target NAME or "
-                          "--target-image PATH (or use --method source-only).")
-    if t_img is not None:
-        if t_lab is not None and t_lab.shape != t_img.shape:
-            raise InputError(f"The target image has shape {t_img.shape} but the target labels "
-                             f"have shape {t_lab.shape}; give labels of the same volume.")
-        target = Domain.from_arrays("target", t_img, None, d.low_pct, d.high_pct)
-    for dom in (source, target):
-        if dom is not None:
-            dom.check_crop(cfg.crop, cfg.dims)
+    if t_lab is not None and getattr(target, "image", None) is not None \
+            and t_lab.shape != target.image.shape:
+        raise InputError(f"The target image has shape {target.image.shape} but the target labels "
+                         f"have shape {t_lab.shape}; give labels of the same volume.")
     return source, target, t_lab
 
 
@@ -194,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     if ctx.is_main:
         prepare_run_dir(out, args.resume, args.overwrite)
     barrier(ctx)
-    source, target, t_lab = load_domains(cfg, args.data_root)
+    source, target, t_lab = load_domains(cfg, args.data_root, ctx.rank)
     trainer = Trainer(cfg, source, target, out, target_labels=t_lab, progress=not args.quiet,
                       ctx=ctx)
     if args.resume:

@@ -82,14 +82,8 @@ def run_tiles(works: Iterable[TileWork], source, stats, predictor: Predictor, si
     blender still takes their results in batch order, so the output does not depend on it.
     """
     pipe = _Pipeline()
-    pin = None
-    if getattr(predictor, "device", None) is not None and predictor.device.type == "cuda":
-        import torch
-
-        # Page-locked batches copy to the GPU asynchronously (torch caches these buffers).
-        def pin(shape):
-            return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
-    reader = WindowReader(source, stats, predictor.dims, pin)
+    on_gpu = getattr(predictor, "device", None) is not None and predictor.device.type == "cuda"
+    reader = WindowReader(source, stats, predictor.dims, _pinned if on_gpu else None)
     blender = Blender(predictor.weight.cpu().numpy())
     streams = max(1, int(streams))
     inputs: queue.Queue = queue.Queue(QUEUE_DEPTH + streams)
@@ -181,6 +175,12 @@ def run_tiles(works: Iterable[TileWork], source, stats, predictor: Predictor, si
         raise pipe.error
 
 
+def _pinned(shape) -> np.ndarray:
+    """Page-locked host memory: batches copy to the GPU asynchronously (torch caches these)."""
+    import torch
+    return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+
+
 def _raise_if_failed(future) -> bool:
     """True when done (raising its error if it failed)."""
     if not future.done():
@@ -192,7 +192,8 @@ def _raise_if_failed(future) -> bool:
 def blend_array(model, image: np.ndarray, dims: int, roi: tuple, overlap: float = 0.25,
                 batch_size: int = 4, device="cpu", tta: bool = False, optimize: bool = True,
                 block: tuple | None = None, stats=None,
-                predictor: Predictor | None = None, streams: int = 1) -> np.ndarray:
+                predictor: Predictor | None = None, streams: int = 1,
+                amp: bool = True) -> np.ndarray:
     """Foreground probability (Z, Y, X) float32 of an in-memory (Z, Y, X) image.
 
     The same engine as :func:`predict_volume` with an in-memory sink; ``stats`` None means
@@ -205,7 +206,7 @@ def blend_array(model, image: np.ndarray, dims: int, roi: tuple, overlap: float 
     if image.ndim == 2:
         image = image[None]
     plan = make_plan(image.shape, roi, dims, overlap, block, batch_size)
-    predictor = predictor or Predictor(model, dims, tuple(roi), device, tta=tta,
+    predictor = predictor or Predictor(model, dims, tuple(roi), device, tta=tta, amp=amp,
                                        optimize=optimize)
     sink = ArraySink(image.shape)
     run_tiles((TileWork(plan, t) for t in plan.tiles()), image, stats, predictor, sink,

@@ -41,7 +41,7 @@ def _freeze(model, example: torch.Tensor, fmt):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frozen = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
-            ref_in = torch.randn((3, *example.shape[1:])).contiguous(memory_format=fmt)
+            ref_in = torch.randn((1, *example.shape[1:])).contiguous(memory_format=fmt)
             ref = model(ref_in)
             got = frozen(ref_in)
             got = frozen(ref_in)  # the first calls of a frozen graph run its optimisation passes

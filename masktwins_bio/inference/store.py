@@ -157,11 +157,15 @@ class ZarrSink:
         return self._arrays
 
     def write(self, block: tuple, slices: tuple, prob: np.ndarray) -> None:
-        arr, mask = self._open()
-        arr[slices] = to_dtype(prob, self.spec.dtype)
-        if mask is not None:
-            mask[slices] = (prob > self.spec.threshold).astype(np.uint8)
-        self.ledger.mark(block, float(prob.sum(dtype=np.float64)))
+        try:
+            arr, mask = self._open()
+            arr[slices] = to_dtype(prob, self.spec.dtype)
+            if mask is not None:
+                mask[slices] = (prob > self.spec.threshold).astype(np.uint8)
+            self.ledger.mark(block, float(prob.sum(dtype=np.float64)))
+        except OSError as err:
+            raise InputError(f"Cannot write to '{self.spec.path}' ({err.strerror}); free space "
+                             "or fix permissions, then run again with --resume.") from None
 
     def close(self) -> None:
         self.ledger.close()

@@ -115,13 +115,21 @@ class Trainer:
     def _batches(self, it: int):
         cfg, dims, crop = self.cfg, self.cfg.dims, self.cfg.crop
         aug = cfg.augment
-        src_x, src_y = draw_batch(self.source, cfg.data.batch_source, crop, dims,
-                                  self._rng(it, STREAM_SOURCE),
-                                  cfg.data.foreground_prob, aug.flip, aug.rot90)
+        if isinstance(self.source, Domain):
+            src_x, src_y = draw_batch(self.source, cfg.data.batch_source, crop, dims,
+                                      self._rng(it, STREAM_SOURCE),
+                                      cfg.data.foreground_prob, aug.flip, aug.rot90)
+        else:  # streamed from disk
+            src_x, src_y = self.source.draw(it, self._rng(it, STREAM_SOURCE), aug.flip,
+                                            aug.rot90)
         tgt = None
         if self.target is not None and cfg.method != "source-only":
-            tgt, _ = draw_batch(self.target, cfg.data.batch_target, crop, dims,
-                                self._rng(it, STREAM_TARGET), 0.0, aug.flip, aug.rot90)
+            if isinstance(self.target, Domain):
+                tgt, _ = draw_batch(self.target, cfg.data.batch_target, crop, dims,
+                                    self._rng(it, STREAM_TARGET), 0.0, aug.flip, aug.rot90)
+            else:
+                tgt, _ = self.target.draw(it, self._rng(it, STREAM_TARGET), aug.flip,
+                                          aug.rot90)
         return src_x, src_y, tgt
 
     def step(self, it: int, keep_views: bool = False, batches=None):
@@ -154,8 +162,8 @@ class Trainer:
 
     # -- validation, logging ---------------------------------------------------------------
     def validate(self) -> dict | None:
-        if self.target is None or self.target_labels is None:
-            return None
+        if not isinstance(self.target, Domain) or self.target_labels is None:
+            return None  # no labels, or a streamed target too large to predict in memory
         from ..inference.window import predict_array
 
         prob = predict_array(self.eval_model, self.target.image, self.cfg.dims, self.cfg.crop,

@@ -186,6 +186,10 @@ class PredictWidget(Container):
 
     def _finished(self):
         self._run.enabled, self._cancel.enabled = True, False
+        # a cancel that came as the last pass ended: no 'aborted', no 'returned' either
+        if self.worker is not None and self.worker.abort_requested \
+                and self._status.value != "cancelled":
+            self._aborted()
 
     def _show(self, job, out):
         if out is CANCELLED:

@@ -68,3 +68,27 @@ def test_tta_averages_flips_and_keeps_range():
     # flipping the input flips the TTA output (the flip group is symmetric)
     flipped = blend_array(model, image[:, ::-1].copy(), 2, (32, 32), 0.25, 2, tta=True)
     assert np.abs(flipped[:, ::-1] - tta).max() < 1e-5
+
+
+class _SmallMemoryNet(torch.nn.Module):
+    """Fails like a full GPU on batches above two windows."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        if x.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.net(x)
+
+
+def test_out_of_memory_halves_the_batch_with_a_message(capsys):
+    net = _model(2)
+    image = np.random.default_rng(4).normal(size=(3, 40, 40)).astype(np.float32)
+    predictor = Predictor(_SmallMemoryNet(net), 2, (32, 32), optimize=False)
+    ours = blend_array(None, image, 2, (32, 32), 0.25, 5, predictor=predictor)
+    assert predictor.max_batch == 2
+    assert "out of memory; retrying with 2 windows" in capsys.readouterr().err
+    ref = blend_array(net, image, 2, (32, 32), 0.25, 5, optimize=False)
+    assert np.abs(ours - ref).max() < 1e-6

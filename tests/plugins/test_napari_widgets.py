@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -223,8 +224,14 @@ def test_predict_can_be_cancelled(make_napari_viewer, qtbot, notes, tiny_checkpo
     w = _dock(viewer, "Predict")
     w._checkpoint.value = str(tiny_checkpoints[2])
     w._batch.value = 1
+    compute = w._compute
+
+    def slow(job, tick, cancelled):  # ~10 s of passes: the cancel always comes in time
+        return compute(job, lambda: (time.sleep(0.02), tick()), cancelled)
+    w._compute = slow
     worker = w.run()
     total = worker.pbar.total
+    assert total >= 500
     _wait(qtbot, lambda: w.steps_done >= 1)
     w.cancel()
     _wait(qtbot, lambda: w._run.enabled)
