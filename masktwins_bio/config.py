@@ -17,6 +17,7 @@ import yaml
 from .errors import ConfigError
 
 METHODS = ("source-only", "mean-teacher", "mic", "rmask", "masktwins")
+MODELS = ("unet", "basicunet", "flexibleunet")
 
 
 @dataclass
@@ -29,6 +30,12 @@ class ModelConfig:
     # target and half-blank twin statistics, which collapsed adaptation in our runs.
     norm: str = "instance"
     dropout: float = 0.0
+    # Multi-class scenes (data.kind=natural): MONAI FlexibleUNet with a ResNet/EfficientNet
+    # encoder; ImageNet weights only from a local file (never downloaded).
+    backbone: str = "resnet101"             # flexibleunet encoder, e.g. resnet50, efficientnet-b4
+    pretrained: str | None = None           # local encoder weights (torchvision/MONAI naming)
+    num_classes: int = 1                    # 1: one foreground logit (binary EM); >1: softmax
+    in_channels: int = 0                    # 0: from the data (1 for EM volumes, 3 for RGB)
 
 
 @dataclass
@@ -48,6 +55,24 @@ class DataConfig:
     stream: str = "auto"                    # read crops from disk: "auto" (volumes > 1 GiB),
                                             # "always" or "never" (load volumes into memory)
     workers: int = -1                       # DataLoader workers when streaming (-1: default)
+    kind: str = "em"                        # "em" volumes or "natural" RGB scenes (GTA5...)
+
+
+@dataclass
+class NaturalConfig:
+    """Driving-scene benchmarks (data.kind=natural): GTA5/SYNTHIA -> Cityscapes."""
+    ignore_index: int = 255                 # label of void pixels, never trained on or scored
+    dice_weight: float = 0.0                # soft Dice added to the cross-entropy (0: CE only)
+    rcs_temperature: float = 0.01           # rare class sampling (DAFormer); 0 switches it off
+    rcs_min_pixels: int = 3000
+    rcs_min_crop_ratio: float = 0.5
+    source_scale: list | None = None        # keep-ratio rescale [long, short] edge; None: native
+    target_scale: list | None = None
+    val_split: str = "val"                  # labelled target split scored during training
+    val_images: int = 0                     # score only the first N images (0: all)
+    val_window: list = field(default_factory=lambda: [1024, 1024])  # sliding window (H, W)
+    val_stride: list = field(default_factory=lambda: [512, 512])
+    miou_classes: int = 19                  # headline mIoU: 19, 16 or 13 classes
 
 
 @dataclass
@@ -105,6 +130,7 @@ class RunConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     uda: UDAConfig = field(default_factory=UDAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    natural: NaturalConfig = field(default_factory=NaturalConfig)
 
     # -- derived values ---------------------------------------------------------------------
     @property
@@ -271,12 +297,52 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be positive.")
     _check(cfg.optim.schedule in ("poly", "cosine", "constant"),
            f"optim.schedule={cfg.optim.schedule!r} is unknown; use poly, cosine or constant.")
-    _check(cfg.model.name in ("unet", "basicunet"),
-           f"model.name={cfg.model.name!r} is unknown; use unet or basicunet.")
+    _check(cfg.model.name in MODELS,
+           f"model.name={cfg.model.name!r} is unknown; use {', '.join(MODELS)}.")
     _check(len(cfg.model.channels) == len(cfg.model.strides) + 1,
            "model.channels must have one entry more than model.strides.")
     for key in ("brightness", "contrast", "noise", "blur_prob", "blur_sigma"):
         _check(getattr(cfg.augment, key) >= 0, f"augment.{key} must not be negative.")
+    _validate_natural(cfg)
+
+
+def _pair(value, key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    _check(isinstance(value, list) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value),
+        f"{key}={value} must be two whole numbers of at least 1" +
+        (" (or null)." if allow_none else "."))
+
+
+def _validate_natural(cfg: RunConfig) -> None:
+    """Checks of the multi-class and driving-scene keys (issue 7)."""
+    m, n = cfg.model, cfg.natural
+    _check(m.num_classes >= 1, f"model.num_classes={m.num_classes} must be at least 1.")
+    _check(m.in_channels >= 0, f"model.in_channels={m.in_channels} must be 0 (from the data) "
+           "or more.")
+    _check(cfg.data.kind in ("em", "natural"),
+           f"data.kind={cfg.data.kind!r} is unknown; use em or natural.")
+    if cfg.data.kind == "natural":
+        _check(cfg.dims == 2, f"data.kind=natural needs dims=2 (got {cfg.dims}).")
+        _check(m.num_classes >= 2, f"data.kind=natural needs model.num_classes >= 2 (19 for "
+               f"Cityscapes), got {m.num_classes}.")
+    _check(0 <= n.ignore_index <= 255, f"natural.ignore_index={n.ignore_index} must lie in "
+           "[0, 255].")
+    _check(n.dice_weight >= 0, "natural.dice_weight must not be negative.")
+    _check(n.rcs_temperature >= 0, "natural.rcs_temperature must not be negative (0: off).")
+    _check(n.rcs_min_pixels >= 0 and n.rcs_min_crop_ratio >= 0,
+           "natural.rcs_min_pixels and natural.rcs_min_crop_ratio must not be negative.")
+    _pair(n.source_scale, "natural.source_scale", allow_none=True)
+    _pair(n.target_scale, "natural.target_scale", allow_none=True)
+    _pair(n.val_window, "natural.val_window")
+    _pair(n.val_stride, "natural.val_stride")
+    _check(all(s <= w for s, w in zip(n.val_stride, n.val_window)),
+           f"natural.val_stride={n.val_stride} must not exceed natural.val_window="
+           f"{n.val_window}, or pixels would be skipped.")
+    _check(n.val_images >= 0, "natural.val_images must not be negative (0: all).")
+    _check(n.miou_classes in (19, 16, 13),
+           f"natural.miou_classes={n.miou_classes} is unknown; use 19, 16 or 13.")
 
 
 def save_yaml(cfg: RunConfig, path: Path) -> None:

@@ -270,3 +270,64 @@ def instance_ap(pred, gt, iou_threshold: float = 0.75, scores: dict | None = Non
     q = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0) \
         if len(precision) else np.zeros_like(thresholds)
     return {"ap": float(q.mean()), **out}
+
+
+# -- Semantic segmentation of scenes: mIoU over 19 / 16 / 13 classes (appended for issue 7) -----
+
+def confusion_matrix(pred, labels, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """(C, C) int64 counts, rows = label class, columns = predicted class; pixels whose label
+    is ``ignore_index`` (or outside [0, C)) are left out. Sum it over images (the benchmark
+    protocol pools all pixels of the split before dividing)."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise InputError(f"The prediction has shape {pred.shape} but the labels have shape "
+                         f"{labels.shape}; give labels of the same image.")
+    lab = labels.astype(np.int64).ravel()
+    keep = (lab != ignore_index) & (lab >= 0) & (lab < num_classes)
+    idx = lab[keep] * num_classes + pred.astype(np.int64).ravel()[keep]
+    return np.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def class_iou(conf: np.ndarray) -> np.ndarray:
+    """Per-class IoU = TP / (TP + FP + FN); nan for a class absent from labels and prediction."""
+    conf = np.asarray(conf, dtype=np.float64)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def scene_miou(conf: np.ndarray, names, subsets: dict, headline: int | None = None) -> dict:
+    """mIoU over each subset of class ids (``{19: range(19), 16: ..., 13: ...}``) from one
+    pooled confusion matrix, as mmseg/DAFormer report it (nan classes skipped in the mean).
+
+    Returns ``{"miou19": ..., "miou16": ..., "miou13": ..., "per_class": {name: iou},
+    "miou": headline}``; ``iou`` repeats the headline so that code selecting the best
+    checkpoint by ``iou`` works unchanged.
+    """
+    ious = class_iou(conf)
+    out: dict = {}
+    for n, ids in subsets.items():
+        vals = [ious[i] for i in ids if not math.isnan(ious[i])]
+        out[f"miou{n}"] = float(np.mean(vals)) if vals else math.nan
+    head = headline if headline is not None else max(subsets)
+    out["miou"] = out["iou"] = out[f"miou{head}"]
+    out["per_class"] = {str(names[i]): float(ious[i]) for i in range(len(names))}
+    return out
+
+
+def format_class_table(result: dict, subsets: dict) -> str:
+    """Per-class IoU (%) with the subsets each class belongs to, then the mIoU rows."""
+    per = result["per_class"]
+    names = list(per)
+    sizes = sorted(subsets, reverse=True)
+    width = max(len(n) for n in names + ["mIoU (19)"])
+    head = f"{'class'.ljust(width)}  {'IoU':>5}  " + "  ".join(f"{s:>3}" for s in sizes)
+    lines = [head, "-" * len(head)]
+    for i, name in enumerate(names):
+        marks = "  ".join(f"{'x' if i in subsets[s] else '':>3}" for s in sizes)
+        lines.append(f"{name.ljust(width)}  {_cell(per[name]):>5}  {marks}")
+    lines.append("-" * len(head))
+    for s in sizes:
+        lines.append(f"{f'mIoU ({s})'.ljust(width)}  {_cell(result.get(f'miou{s}')):>5}")
+    return "\n".join(lines)

@@ -153,6 +153,11 @@ def _resolve_config(args) -> RunConfig:
     if data:
         flags["data"] = data
     layers = config_layers(args.config, flags, args.overrides)
+    natural = _natural_source(layers)
+    if natural and not args.resume:  # driving scenes: start from the natural preset
+        from ..data.natural.preset import natural_preset
+
+        layers.insert(0, natural_preset(natural))
     if args.resume:
         saved = Path(args.out) / "config.yaml"
         if not saved.is_file():
@@ -173,6 +178,70 @@ def _resolve_config(args) -> RunConfig:
                 setattr(base, key, getattr(new, key))
         return base
     return build_config(*layers)
+
+
+def _natural_source(layers: list[dict]) -> str | None:
+    """The source name when the run adapts between natural-image datasets, else None."""
+    from ..data.natural import canonical
+
+    names = {}
+    for layer in layers:
+        for key in ("source", "target"):
+            if isinstance(layer.get("data"), dict) and layer["data"].get(key) is not None:
+                names[key] = layer["data"][key]
+    found = {k: canonical(v) for k, v in names.items()}
+    if any(found.values()) and not all(found.values()):
+        wrong = next(k for k, v in found.items() if v is None)
+        raise ConfigError(f"--{wrong} {names[wrong]} is not a natural-image dataset, but the "
+                          "other side is; adapt between gta5, synthia and cityscapes, or between "
+                          "EM datasets.")
+    return found.get("source") or found.get("target")
+
+
+def load_scene_domains(cfg: RunConfig, data_root: str | None, rank: int = 0):
+    """Source and target scene domains and the Cityscapes-val validator (or None)."""
+    from ..data.natural import open_scenes
+    from ..data.natural.domain import SceneDomain
+    from ..data.registry import data_root as default_root
+    from ..train.device import autocast_dtype, select_device
+    from ..train.domains import STREAM_SOURCE, STREAM_TARGET
+
+    d, n = cfg.data, cfg.natural
+    if not (d.source and d.target) or d.source_image or d.target_image:
+        raise ConfigError("data.kind=natural reads named datasets only; give --source gta5 "
+                          "(or synthia, cityscapes) and --target cityscapes with --data-root.")
+    root = default_root(data_root)
+    src = open_scenes(d.source, root, need_labels=True)
+    tgt = open_scenes(d.target, root, need_labels=False)
+    rcs = None
+    if n.rcs_temperature > 0:
+        from ..data.natural.rcs import RareClassSampler, class_pixel_counts
+
+        rcs = RareClassSampler(class_pixel_counts(src, show=rank == 0), n.rcs_temperature,
+                               n.rcs_min_pixels, n.rcs_min_crop_ratio)
+
+    def seed(stream: int) -> int:
+        return (cfg.seed * 1_000_003 + stream * 1009 + rank) % 2**62
+
+    last = cfg.iters - 1
+    source = SceneDomain("source", src, cfg.crop, d.batch_source, seed(STREAM_SOURCE),
+                         n.source_scale, with_labels=True, rcs=rcs, last_iteration=last)
+    target = SceneDomain("target", tgt, cfg.crop, d.batch_target, seed(STREAM_TARGET),
+                         n.target_scale, with_labels=False, last_iteration=last)
+    validator = None
+    try:
+        val = open_scenes(f"{d.target.partition(':')[0]}:{n.val_split}", root, need_labels=True)
+    except InputError as err:
+        if rank == 0:
+            print(f"no validation: {err}")
+    else:
+        from ..train.scene_eval import SceneValidator
+
+        amp = autocast_dtype(select_device(cfg.device), cfg.amp)
+        validator = SceneValidator(val, cfg.model.num_classes, n.val_window, n.val_stride,
+                                   n.target_scale, n.ignore_index, n.val_images,
+                                   n.miou_classes, amp)
+    return source, target, validator
 
 
 def _changed_keys(old: dict, new: dict, allowed: set, given: list[dict], prefix="") -> list:
@@ -226,9 +295,14 @@ def run(args: argparse.Namespace) -> int:
     if ctx.is_main:
         prepare_run_dir(out, args.resume, args.overwrite)
     barrier(ctx)
-    source, target, t_lab = load_domains(cfg, args.data_root, ctx.rank)
+    validation = None
+    if cfg.data.kind == "natural":
+        source, target, validation = load_scene_domains(cfg, args.data_root, ctx.rank)
+        t_lab = None
+    else:
+        source, target, t_lab = load_domains(cfg, args.data_root, ctx.rank)
     trainer = Trainer(cfg, source, target, out, target_labels=t_lab, progress=not args.quiet,
-                      ctx=ctx)
+                      ctx=ctx, validation=validation)
     if args.resume:
         trainer.resume()
     if ctx.is_main:
@@ -238,7 +312,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     final = summary.get("final")
     msg = f"done: {summary['iterations']} iterations in {summary['seconds']:.0f} s -> {out}"
-    if final:
+    if final and "per_class" in final:
+        from ..data.natural.labels import SUBSETS
+        from ..metrics import format_class_table
+
+        print(format_class_table(final, SUBSETS))
+        msg += (f"; target mIoU{cfg.natural.miou_classes} {100 * final['miou']:.1f}, best "
+                f"{100 * summary['best']['iou']:.1f} at iteration {summary['best']['iteration']}")
+    elif final:
         msg += (f"; target IoU {100 * final['iou']:.1f}, best {100 * summary['best']['iou']:.1f}"
                 f" at iteration {summary['best']['iteration']}")
     print(msg)

@@ -49,6 +49,8 @@ class DatasetEntry:
     licence: str = ""
     citation: str = ""
     synthetic: str | None = None   # style of a generated domain (no download)
+    manual: str | None = None      # manual-download instructions: never fetched by the toolkit
+    kind: str = "em"               # "em" volumes or "natural" RGB scenes (data/natural/)
 
     def split(self, name: str | None) -> tuple[str, Split]:
         name = name or ("train" if "train" in self.splits else next(iter(self.splits)))
@@ -144,16 +146,44 @@ REGISTRY: dict[str, DatasetEntry] = {e.name: e for e in [
                  splits={"train": Split("images", "masks", (32, 256, 256))},
                  voxel_size=(5.0, 5.0, 5.0), licence="MIT (generated)", synthetic="target"),
 ]}
+
+
+def _natural_entries() -> list:
+    """GTA5, SYNTHIA and Cityscapes: manual downloads, read in place (data/natural/)."""
+    from .natural.readers import LAYOUTS
+    out = []
+    for layout in LAYOUTS.values():
+        where = layout.expected.format(root=f"<data root>/{layout.folders[0]}")
+        out.append(DatasetEntry(
+            name=layout.name, description=f"{layout.title} (manual download; {where})",
+            splits={s: Split({"gta5": "images", "synthia": "RGB"}.get(layout.name,
+                                                                     f"leftImg8bit/{s}"))
+                    for s in layout.splits}, licence=layout.licence,
+            citation=layout.citation, manual=f"{layout.manual}; expected layout: {where}",
+            kind="natural"))
+    return out
+
+
+REGISTRY.update({e.name: e for e in _natural_entries()})
 ALIASES = {"mitoem_r": "mitoem-r", "mitoem_h": "mitoem-h", "lucchi_pp": "lucchi++",
-           "lucchipp": "lucchi++", "epfl": "lucchi"}
+           "lucchipp": "lucchi++", "epfl": "lucchi", "gta": "gta5",
+           "synthia-rand-cityscapes": "synthia"}
 
 
-def get_entry(name: str, registry: dict | None = None) -> DatasetEntry:
+def get_entry(name: str, registry: dict | None = None,
+              allow_manual: bool = False) -> DatasetEntry:
+    """The entry of ``name``. A manual-download entry (GTA5, SYNTHIA, Cityscapes) raises its
+    download instructions unless ``allow_manual``: the toolkit never fetches or converts those
+    (training reads them in place with ``--data-root``)."""
     registry = REGISTRY if registry is None else registry
     key = ALIASES.get(name.lower(), name.lower())
     if key not in registry:
         raise InputError(f"Unknown dataset '{name}'; known datasets: {', '.join(registry)}.")
-    return registry[key]
+    entry = registry[key]
+    if entry.manual and not allow_manual:
+        raise InputError(f"'{entry.name}' needs a manual download: {entry.manual}. Then train "
+                         f"with --source/--target {entry.name} --data-root <data root>.")
+    return entry
 
 
 def data_root(explicit: str | os.PathLike | None = None, must_exist: bool = False) -> Path:
@@ -176,6 +206,8 @@ def dataset_dir(entry: DatasetEntry, root: Path) -> Path:
 
 
 def split_path(entry: DatasetEntry, split: str, root: Path) -> Path:
+    if entry.manual:  # read in place: the image folder of the split
+        return dataset_dir(entry, root) / entry.splits[split].image
     return dataset_dir(entry, root) / f"{split}.ome.zarr"
 
 
@@ -188,6 +220,9 @@ def read_manifest(entry: DatasetEntry, root: Path) -> dict | None:
 
 
 def is_present(entry: DatasetEntry, root: Path) -> bool:
+    if entry.kind == "natural":
+        from .natural.readers import layout_present
+        return layout_present(entry.name, root)
     manifest = read_manifest(entry, root)
     return bool(manifest) and all(split_path(entry, s, root).is_dir() for s in entry.splits)
 

@@ -17,9 +17,10 @@ import torch
 from ..errors import CheckpointError, InputError
 from .engine import pending_works, run_tiles
 from .forward import Predictor
-from .ledger import finished_blocks, read_run
+from .ledger import finished_blocks, ledger_dir, read_run
 from .plan import ACC_BUDGET, BlockPlan, make_plan
-from .store import DTYPES, OutputSpec, ZarrSink, check_output, create_output, finalize_output
+from .store import (DTYPES, OutputSpec, ZarrSink, check_output, completed, create_output,
+                    finalize_output)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
         if loaded.dims == 3 and ndim_source == 2:
             raise InputError(f"The checkpoint holds a 3D network but '{input_spec}' is a single "
                              "2D image; use a 2D run or give a volume.")
-        run = read_run(out) if mode == "resume" else None
+        run = {"resume": read_run(out), "complete": (completed(out) or {}).get("run")}.get(mode)
         stats = run["stats"] if run else compute_stats(vol, loaded.config.data.low_pct,
                                                        loaded.config.data.high_pct).to_dict()
     plan = make_plan(shape, loaded.roi, loaded.dims, options.overlap, options.block,
@@ -185,6 +186,11 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     fingerprint = _fingerprint(job, shape, loaded.iteration)
     if run is not None:
         _check_resume(out, run, fingerprint)
+    if mode == "complete":
+        mean = completed(out).get("mean_probability", float("nan"))
+        print(f"'{out}' is already complete; nothing to resume.", file=sys.stderr)
+        return {"output": str(out), "shape": tuple(shape), "blocks": plan.n_blocks,
+                "resumed_blocks": plan.n_blocks, "mean_probability": mean, "dims": loaded.dims}
     predictor = make_predictor(loaded, dev, options, quiet)
     if mode == "new":
         attrs = {"checkpoint": str(loaded.path), "iteration": loaded.iteration,
@@ -205,6 +211,8 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     if len(sums) < plan.n_blocks:
         raise InputError(f"Only {len(sums)} of {plan.n_blocks} blocks of '{out}' were written; "
                          "run again with --resume to finish them.")
-    mean = finalize_output(job.output, sums, shape[0] * shape[1] * shape[2])
+    processes = len(list((ledger_dir(out) / "done").glob("*.log")))
+    mean = finalize_output(job.output, sums, shape[0] * shape[1] * shape[2],
+                           {"run": {**fingerprint, "stats": stats}, "processes": processes})
     return {"output": str(out), "shape": tuple(shape), "blocks": plan.n_blocks,
             "resumed_blocks": len(done), "mean_probability": mean, "dims": loaded.dims}

@@ -9,7 +9,8 @@ Two layouts, chosen by the output name:
 
 Chunks are the plan's blocks; each block is written once. The output skeleton is built under a
 temporary name and renamed into place, and the final attributes (``complete``, mean probability)
-replace ``zarr.json`` through a temporary file, so a reader never sees half-written metadata.
+replace ``zarr.json`` through a temporary file, so a reader never sees half-written metadata;
+the ledger is removed once the output is complete.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from .ledger import LedgerWriter, read_run, write_json_atomic, write_run
+from .ledger import LedgerWriter, ledger_dir, read_run, write_json_atomic, write_run
 
 DTYPES = ("float32", "float16", "uint8")
 
@@ -47,8 +48,18 @@ class OutputSpec:
         return self.path / "labels" / "mask" / "0" if self.threshold is not None else None
 
 
+def completed(out: Path) -> dict | None:
+    """The attributes of a finished prediction at ``out`` (None when it is not one)."""
+    try:
+        meta = json.loads((out / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    attrs = (meta.get("attributes") or {}).get("masktwins_bio") or {}
+    return attrs if attrs.get("complete") else None
+
+
 def check_output(out: Path, resume: bool, overwrite: bool) -> str:
-    """"new" or "resume"; InputError when the output must not be touched."""
+    """"new", "resume" or "complete"; InputError when the output must not be touched."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one.")
     if not out.exists():
@@ -62,6 +73,8 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> str:
         return "new"
     run = read_run(out)
     if resume:
+        if run is None and completed(out) is not None:
+            return "complete"
         if run is None:
             raise InputError(f"'{out}' is not an unfinished masktwins-bio prediction, so it "
                              "cannot be resumed; choose another output or pass --overwrite.")
@@ -198,11 +211,14 @@ def _update_attrs(array_path: Path, updates: dict) -> None:
     write_json_atomic(meta_path, meta)
 
 
-def finalize_output(spec: OutputSpec, sums: dict, n_voxels: int) -> float:
-    """Mark the output complete with its mean probability; returns that mean."""
+def finalize_output(spec: OutputSpec, sums: dict, n_voxels: int, extra: dict | None = None
+                    ) -> float:
+    """Mark the output complete with its mean probability, then drop the ledger (a finished
+    output is plain zarr); returns the mean."""
     mean = float(sum(sums.values()) / max(n_voxels, 1))
-    updates = {"complete": True, "mean_probability": mean}
+    updates = {"complete": True, "mean_probability": mean, **(extra or {})}
     _update_attrs(spec.prob_path, updates)
     if spec.ome:
         _update_attrs(spec.path, updates)
+    shutil.rmtree(ledger_dir(spec.path), ignore_errors=True)
     return mean

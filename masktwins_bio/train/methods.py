@@ -13,7 +13,8 @@ masktwins         complementary pair (M, 1-M):              L_cl on both + L_cm 
 ``rmask`` differs from ``masktwins`` only in how the second mask is drawn, which is what the
 paper's ablation isolates. Pseudo-labels come from the teacher on the *unmasked*, weakly
 augmented target; the student sees the photometrically augmented target (the same for both
-twins), then masked.
+twins), then masked. With ``model.num_classes > 1`` (driving scenes) the teacher's softmax
+argmax is the pseudo-label and the confidence is its maximum class probability.
 """
 from __future__ import annotations
 
@@ -24,9 +25,16 @@ import torch
 from ..config import RunConfig
 from ..masking import block_mask, complementary_twins, independent_masks
 from .losses import SegmentationLoss, pseudo_label, twin_consistency
+from .multiclass import label_view, multiclass_pseudo_label
 
 USES_TEACHER = {"mean-teacher", "mic", "rmask", "masktwins"}
 USES_MASKS = {"mic", "rmask", "masktwins"}
+
+
+def _view(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
+    if n_classes > 1:
+        return label_view(logits, n_classes)
+    return torch.sigmoid(logits.detach().float())
 
 
 @dataclass
@@ -48,11 +56,19 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         out.terms["loss/total"] = float(sup.detach())
         return out
 
+    n_classes = cfg.model.num_classes
     with torch.no_grad():
-        t_prob = torch.sigmoid(teacher(tgt_weak).float())
-    pseudo, weight = pseudo_label(t_prob, cfg.uda.pseudo_threshold, cfg.uda.tau, seg_loss.ctx)
+        t_logits = teacher(tgt_weak).float()
+    if n_classes > 1:  # softmax argmax; weight from the max class probability
+        pseudo, weight = multiclass_pseudo_label(t_logits, cfg.uda.tau, seg_loss.ctx)
+        t_prob = label_view(pseudo, n_classes)
+    else:
+        t_prob = torch.sigmoid(t_logits)
+        pseudo, weight = pseudo_label(t_prob, cfg.uda.pseudo_threshold, cfg.uda.tau,
+                                      seg_loss.ctx)
     out.terms["pseudo/weight"] = float(weight)
-    out.terms["pseudo/foreground"] = float(pseudo.mean())
+    if n_classes == 1:
+        out.terms["pseudo/foreground"] = float(pseudo.mean())
     lam = cfg.uda.lambda_cl * weight
     b, spatial = tgt_strong.shape[0], tgt_strong.shape[2:]
 
@@ -85,8 +101,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         out.terms["loss/cm"] = float(l_cm.detach())
         if keep_views:
             out.views.update(twin_a=twin_a.detach(), twin_b=twin_b.detach(),
-                             pred_a=torch.sigmoid(logits_a.detach().float()),
-                             pred_b=torch.sigmoid(logits_b.detach().float()))
+                             pred_a=_view(logits_a, n_classes), pred_b=_view(logits_b, n_classes))
     if keep_views:
         out.views.update(target=tgt_weak.detach(), teacher=t_prob)
     out.loss = total

@@ -18,7 +18,7 @@ import torch
 
 from ..config import RunConfig
 from ..metrics import evaluate_volumes
-from ..models import build_model
+from ..models import build_model, load_encoder_weights
 from .augment import photometric
 from .checkpoint import load_checkpoint, save_checkpoint
 from .device import autocast, autocast_dtype, select_device, to_device
@@ -26,8 +26,8 @@ from .distributed import SINGLE, DistContext, average_gradients, barrier
 from .domains import (STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN, Domain, draw_batch,
                       iteration_rng)
 from .ema import ema_update, make_teacher
-from .losses import SegmentationLoss
 from .methods import USES_TEACHER, uda_step
+from .multiclass import make_seg_loss
 
 
 def lr_factor(cfg: RunConfig, step: int) -> float:
@@ -46,8 +46,11 @@ def lr_factor(cfg: RunConfig, step: int) -> float:
 class Trainer:
     def __init__(self, cfg: RunConfig, source: Domain, target: Domain | None, run_dir: Path,
                  target_labels: np.ndarray | None = None, progress: bool = True,
-                 ctx: DistContext = SINGLE):
+                 ctx: DistContext = SINGLE, validation=None):
+        # ``validation(model, device) -> metrics`` replaces the volume metrics on target_labels
+        # (driving scenes: mIoU on Cityscapes val, see scene_eval.py).
         self.cfg, self.source, self.target, self.ctx = cfg, source, target, ctx
+        self.validation = validation
         self.run_dir, self.target_labels = Path(run_dir), target_labels
         self.progress = progress and ctx.is_main
         self.device = select_device(cfg.device)
@@ -55,14 +58,20 @@ class Trainer:
             self.device = torch.device("cuda", ctx.local_rank)
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         torch.manual_seed(cfg.seed)  # network initialisation
-        self.student = build_model(cfg.model, cfg.dims).to(self.device)
+        in_channels = cfg.model.in_channels or getattr(source, "channels", 1)
+        self.student = build_model(cfg.model, cfg.dims, in_channels=in_channels)
+        if cfg.model.pretrained:
+            n, total = load_encoder_weights(self.student, cfg.model.pretrained)
+            if self.progress:
+                print(f"encoder: {n} of {total} tensors from {cfg.model.pretrained}")
+        self.student = self.student.to(self.device)
         self.teacher = make_teacher(self.student) if cfg.method in USES_TEACHER else None
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=cfg.optim.lr,
                                           weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(cfg, step))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.seg_loss = SegmentationLoss(ctx)
+        self.seg_loss = make_seg_loss(cfg, ctx)
         self.iteration = 0
         self.best = {"iou": -1.0, "iteration": None}
         self.history: list[dict] = []
@@ -162,6 +171,8 @@ class Trainer:
 
     # -- validation, logging ---------------------------------------------------------------
     def validate(self) -> dict | None:
+        if self.validation is not None:
+            return self.validation(self.eval_model, self.device)
         if not isinstance(self.target, Domain) or self.target_labels is None:
             return None  # no labels, or a streamed target too large to predict in memory
         from ..inference.window import predict_array
@@ -215,8 +226,9 @@ class Trainer:
                 metrics = self.validate()
                 if metrics is not None:
                     self.history.append({"iteration": self.iteration, **metrics})
-                    for key in ("iou", "f1", "mcc", "map"):
-                        self.writer.add_scalar(f"val/{key}", metrics[key], self.iteration)
+                    for key in ("iou", "f1", "mcc", "map", "miou19", "miou16", "miou13"):
+                        if key in metrics:
+                            self.writer.add_scalar(f"val/{key}", metrics[key], self.iteration)
                     if metrics["iou"] > self.best["iou"]:
                         self.best = {"iou": metrics["iou"], "iteration": self.iteration}
                         save_checkpoint(self.state(), ckdir / "best.pt")

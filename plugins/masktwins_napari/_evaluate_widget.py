@@ -39,7 +39,7 @@ class EvaluateWidget(Container):
         self.native.layout().addWidget(self.plot)
         self.native.layout().addStretch()
         self._select_defaults()
-        napari_viewer.layers.events.inserted.connect(lambda *_: self._select_defaults())
+        napari_viewer.layers.events.inserted.connect(self._on_inserted)
         self.worker = None
         self.metrics = None
         self._run.clicked.connect(self.run)
@@ -51,18 +51,31 @@ class EvaluateWidget(Container):
         rows = sum(t.rowHeight(r) for r in range(t.rowCount()))
         t.setFixedHeight(rows + t.horizontalHeader().sizeHint().height() + 2 * t.frameWidth())
 
+    @staticmethod
+    def _is_probability(layer) -> bool:
+        return isinstance(layer, Image) and "masktwins_bio" in (layer.metadata or {})
+
+    @staticmethod
+    def _is_truth(layer) -> bool:
+        return isinstance(layer, Labels) and not layer.name.endswith(" prediction")
+
     def _select_defaults(self):
         """Prefer a probability layer and a labels layer, so two clicks are rarely needed."""
         layers = list(self._viewer.layers)
-        probs = [ly for ly in layers if isinstance(ly, Image)
-                 and "masktwins_bio" in (ly.metadata or {})]
-        labels = [ly for ly in layers if isinstance(ly, Labels)
-                  and not (ly.metadata or {}).get("masktwins_bio")
-                  and not ly.name.endswith(" prediction")]
+        probs = [ly for ly in layers if self._is_probability(ly)]
+        labels = [ly for ly in layers if self._is_truth(ly)]
         if probs:
             self._pred.value = probs[-1]
         if labels:
             self._labels.value = labels[0]
+
+    def _on_inserted(self, event):
+        """A new prediction becomes the one to evaluate; a user's own choices stay otherwise."""
+        layer = event.value
+        if self._is_probability(layer):
+            self._pred.value = layer
+        elif self._is_truth(layer) and not self._is_truth(self._labels.value):
+            self._labels.value = layer
 
     def run(self):
         """Compute the metrics in a worker thread; returns the worker, or None on bad input."""

@@ -58,8 +58,8 @@ def layer_volume(layer):
     Raises InputError for RGB layers and for layers that are not 2D or 3D.
     """
     if layer is None:
-        raise InputError("No image layer is selected; open or add an image first "
-                         "(File > Open Sample > MaskTwins synthetic target).")
+        raise InputError("No image layer is selected; open or add an image first (sample "
+                         "data: File > Open Sample > MaskTwins QA).")
     if getattr(layer, "rgb", False):
         raise InputError(f"Layer '{layer_name(layer)}' is RGB; give a grey image layer "
                          "(split the channels first).")

@@ -281,3 +281,28 @@ def test_reader_and_sample_data_through_napari(make_napari_viewer, tmp_path, tar
     assert tuple(layers[1].scale) == (30.0, 8.0, 8.0)
     viewer.open_sample("masktwins-bio", "synthetic-target")
     assert "synthetic target" in viewer.layers and "synthetic target mito" in viewer.layers
+
+
+def test_predicting_a_slice_places_it_and_evaluate_scores_the_labels_under_it(
+        make_napari_viewer, qtbot, tiny_checkpoints, target_volume):
+    from masktwins_bio.metrics import evaluate_volumes
+
+    viewer = make_napari_viewer()
+    image, truth = target_volume
+    viewer.add_image(image, name="em", scale=(3.0, 1.0, 1.0))
+    viewer.add_labels(truth.astype(np.uint8), name="truth", scale=(3.0, 1.0, 1.0))
+    viewer.dims.set_point(0, 6.0)  # world z 6 = slice 2
+    w = _dock(viewer, "Predict")
+    w._checkpoint.value = str(tiny_checkpoints[2])
+    w._image.value = viewer.layers["em"]
+    w._region.value = "slice"
+    w.run()
+    _wait(qtbot, lambda: w.last_prediction is not None and w._run.enabled)
+    layer = viewer.layers["em probability"]
+    assert layer.data.shape == (1, 64, 80) and tuple(layer.translate) == (6.0, 0.0, 0.0)
+    e = _dock(viewer, "Evaluate")
+    assert e._pred.value is layer and e._labels.value.name == "truth"
+    e.run()
+    _wait(qtbot, lambda: e.metrics is not None)
+    ref = evaluate_volumes(layer.data, truth[2:3])
+    assert e.metrics["iou"] == pytest.approx(ref["iou"]) and e.metrics["slices"] == 1
