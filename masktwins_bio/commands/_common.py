@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..config import build_config, load_yaml, parse_override
+from ..config import load_yaml, parse_override
 from ..errors import ConfigError, InputError
 
 # What a run directory written by `train` contains; only these are removed by --overwrite.
@@ -52,7 +52,3 @@ def config_layers(config_file: str | None, flags: dict, overrides: list[str]) ->
     layers.append({k: v for k, v in flags.items() if v is not None})
     layers += [parse_override(o) for o in overrides]
     return layers
-
-
-def resolve(layers: list[dict]):
-    return build_config(*layers)

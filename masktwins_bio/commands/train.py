@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from ..config import METHODS, RunConfig, build_config, load_yaml, save_yaml
 from ..errors import ConfigError, InputError
 from ._common import config_layers, prepare_run_dir
