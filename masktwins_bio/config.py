@@ -32,7 +32,7 @@ class ModelConfig:
     dropout: float = 0.0
     # Multi-class scenes (data.kind=natural): MONAI FlexibleUNet with a ResNet/EfficientNet
     # encoder; ImageNet weights only from a local file (never downloaded).
-    backbone: str = "resnet101"             # flexibleunet encoder, e.g. resnet50, efficientnet-b4
+    backbone: str = "resnet50"              # flexibleunet encoder, e.g. resnet101, efficientnet-b4
     pretrained: str | None = None           # local encoder weights (torchvision/MONAI naming)
     num_classes: int = 1                    # 1: one foreground logit (binary EM); >1: softmax
     in_channels: int = 0                    # 0: from the data (1 for EM volumes, 3 for RGB)

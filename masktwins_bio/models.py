@@ -85,8 +85,9 @@ def load_encoder_weights(model: nn.Module, path: str) -> tuple[int, int]:
         if key in own and tuple(own[key].shape) == tuple(value.shape):
             matched[key] = value
     if not matched:
-        raise ConfigError(f"model.pretrained='{path}' holds no tensor of the {type(encoder).__name__}"
-                          " encoder; give weights of the same backbone (model.backbone).")
+        raise ConfigError(f"model.pretrained='{path}' holds no tensor of the "
+                          f"{type(encoder).__name__} encoder; give weights of the same backbone "
+                          "(model.backbone).")
     encoder.load_state_dict(matched, strict=False)
     return len(matched), len(own)
 

@@ -154,11 +154,11 @@ def _natural_entries() -> list:
     out = []
     for layout in LAYOUTS.values():
         where = layout.expected.format(root=f"<data root>/{layout.folders[0]}")
+        images = {"gta5": "images", "synthia": "RGB"}
         out.append(DatasetEntry(
             name=layout.name, description=f"{layout.title} (manual download; {where})",
-            splits={s: Split({"gta5": "images", "synthia": "RGB"}.get(layout.name,
-                                                                     f"leftImg8bit/{s}"))
-                    for s in layout.splits}, licence=layout.licence,
+            splits={s: Split(images.get(layout.name, f"leftImg8bit/{s}")) for s in layout.splits},
+            licence=layout.licence,
             citation=layout.citation, manual=f"{layout.manual}; expected layout: {where}",
             kind="natural"))
     return out

@@ -127,3 +127,27 @@ def make_scene_tree(root, n_gta=4, n_synthia=3, cities=("aachen", "bonn")):
 def scene_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
     return root, make_scene_tree(root)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread, and CPUs here are shared."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """Overrides that shrink a natural run to seconds on a CPU (fake 48 x 80 images)."""
+    return _tiny_overrides
+
+
+def _tiny_overrides(extra=()):
+    return ["data.crop=[32,64]", "data.batch_source=1", "data.batch_target=1",
+            "mask.block=[16,16]", "model.backbone=resnet10", "natural.source_scale=null",
+            "natural.rcs_min_pixels=100", "natural.val_window=[32,64]",
+            "natural.val_stride=[16,32]", "checkpoint_every=1", "val_every=2", "log_every=1",
+            "image_every=2", *extra]

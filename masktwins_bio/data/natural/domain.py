@@ -51,30 +51,19 @@ def rescaled_size(h: int, w: int, scale) -> tuple[int, int]:
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an RGB uint8 image to (H, W) (unchanged when already that size)."""
     from PIL import Image
     if rgb.shape[:2] == tuple(size):
         return rgb
     return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
 
 
-def _crop(image: np.ndarray, label: np.ndarray | None, size: tuple[int, int],
-          corner: tuple[int, int], crop: tuple[int, int]):
-    """Crop ``crop`` at ``corner`` of the image rescaled to ``size``, resizing only the box.
-
-    PIL's ``resize(box=...)`` maps output pixel centres exactly as a full resize followed by
-    a crop would, so rescaling a 1914x1052 frame to 2560x1407 costs only the 1024^2 crop.
-    """
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a uint8 label map to (H, W)."""
     from PIL import Image
-    h, w = image.shape[:2]
-    sy, sx = h / size[0], w / size[1]
-    ch, cw = min(crop[0], size[0]), min(crop[1], size[1])
-    y0, x0 = corner
-    box = (x0 * sx, y0 * sy, (x0 + cw) * sx, (y0 + ch) * sy)
-    img = np.asarray(Image.fromarray(image).resize((cw, ch), Image.BILINEAR, box=box))
-    lab = None
-    if label is not None:
-        lab = np.asarray(Image.fromarray(label).resize((cw, ch), Image.NEAREST, box=box))
-    return img, lab
+    if labels.shape == tuple(size):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.NEAREST))
 
 
 class SceneDomain:
@@ -109,11 +98,14 @@ class SceneDomain:
         else:
             image, label = self.dataset.read_image(index), None
         size = rescaled_size(*image.shape[:2], self.scale)
-        for attempt in range(RCS_RETRIES + 1):
-            corner = tuple(int(rng.integers(0, max(s - c_, 0) + 1))
-                           for s, c_ in zip(size, self.crop))
+        image = resize_rgb(image, size)
+        label = None if label is None else resize_labels(label, size)
+        for _ in range(RCS_RETRIES + 1):
+            y, x = (int(rng.integers(0, max(s - c_, 0) + 1)) for s, c_ in zip(size, self.crop))
+            window = (slice(y, y + self.crop[0]), slice(x, x + self.crop[1]))
             mirror = flip and rng.random() < 0.5
-            img, lab = _crop(image, label, size, corner, self.crop)
+            img = image[window]
+            lab = None if label is None else label[window]
             if c is None or self.rcs.accepts(lab, c):
                 break
         x = self.stats.apply(img)

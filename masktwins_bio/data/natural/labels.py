@@ -39,8 +39,8 @@ CLASSES = tuple(name for name, _, train in sorted(
 SUBSETS = {
     19: tuple(range(19)),
     16: tuple(c for c in range(19) if CLASSES[c] not in ("terrain", "truck", "train")),
-    13: tuple(c for c in range(19) if CLASSES[c] not in ("terrain", "truck", "train", "wall",
-                                                          "fence", "pole")),
+    13: tuple(c for c in range(19)
+              if CLASSES[c] not in ("terrain", "truck", "train", "wall", "fence", "pole")),
 }
 
 # SYNTHIA class id -> Cityscapes train id (DAFormer, see the module docstring).

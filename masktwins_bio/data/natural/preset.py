@@ -13,7 +13,7 @@ from .readers import canonical
 
 NATURAL_PRESET = {
     "dims": 2,
-    "model": {"name": "flexibleunet", "backbone": "resnet101", "num_classes": 19,
+    "model": {"name": "flexibleunet", "backbone": "resnet50", "num_classes": 19,
               "in_channels": 3, "norm": "batch"},
     "data": {"kind": "natural", "crop": [1024, 1024], "batch_source": 2, "batch_target": 2},
     "mask": {"block": [64, 64]},

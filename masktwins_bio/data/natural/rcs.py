@@ -1,4 +1,4 @@
-"""Rare class sampling (RCS) as DAFormer does it (lhoyer/DAFormer ``mmseg/datasets/uda_dataset.py``).
+"""Rare class sampling (RCS) as DAFormer does it (lhoyer/DAFormer, mmseg/datasets/uda_dataset.py).
 
 Per source image we count the pixels of every train id (at the labels' native resolution, as
 DAFormer's ``tools/convert_datasets`` scripts do). Over the whole set, class c has frequency

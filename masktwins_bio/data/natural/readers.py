@@ -265,7 +265,14 @@ def open_scenes(name: str, data_root: str | Path, split: str | None = None,
         raise _missing(layout, Path(data_root), f"has no images in '{image_dir}'")
     labels = None
     if label_dir.is_dir() and not (key == "cityscapes" and split == "test"):
-        labels = _pair_by_stem(layout, root, images, label_dir, names)
+        try:
+            labels = _pair_by_stem(layout, root, images, label_dir, names)
+        except InputError:
+            if need_labels:
+                raise  # an unlabelled use (the target) does not care about missing labels
+    elif need_labels and key == "cityscapes" and split == "test":
+        raise InputError("Cityscapes test labels are withheld by the benchmark; score on "
+                         "cityscapes:val (natural.val_split=val).")
     elif need_labels:
         raise _missing(layout, Path(data_root), f"has no label folder '{label_dir}'")
     return SceneDataset(key, split, root, images, labels, encoding)
