@@ -168,6 +168,29 @@ def _threaded(threads: int, fn):
     return run
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process, all threads (a load-independent measure of work done)."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+@torch.inference_mode()
+def _pilot(fn, batch, window, device, threads) -> float:
+    """Seconds per window of ``fn`` at ``threads`` threads (best of 3 passes after a warm-up)."""
+    torch.set_num_threads(threads)
+    x = torch.randn((batch, 1, *window), device=device)
+    fn(x)
+    best = float("inf")
+    for _ in range(3):
+        _sync(device)
+        t = time.perf_counter()
+        fn(x)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best / batch
+
+
 def _hopeless(name: str, times: dict) -> bool:
     """A thread layout over twice as slow as its sibling cannot be a method's best: skip its
     repeats (on a shared, loaded machine a 2-thread OpenMP run can be ten times slower)."""
@@ -209,28 +232,47 @@ def speed(work: Path, device, rounds: int, batch: int, shape) -> dict:
 
     runs = {"ours": lambda: ours_end_to_end(ckpt, str(src), str(work / "ours.zarr"), batch,
                                             device)}
-    # Every peer setting gets both thread layouts; each is credited with its best.
-    for t in sorted({cores, 1}, reverse=True):
-        runs[f"monai@{t}"] = monai(batch, t)
-        runs[f"monai_default@{t}"] = monai(1, t)
-    runs[f"forward@{cores}"] = fwd(our_forward, cores, 1)
-    runs[f"eager_forward@{cores}"] = fwd(eager, cores, 1)
+    # Every peer setting gets both thread layouts and is credited with its best. A short pilot
+    # first: a layout whose forward is over twice as slow per window as the other (a 2-thread
+    # OpenMP run on a loaded machine can be ten times slower) cannot be the best; skip it.
+    layouts = sorted({cores, 1}, reverse=True)
+    pilot = {(b, t): _pilot(eager, b, roi, device, t) for b in {batch, 1} for t in layouts}
+    skipped = {}
+    for b, name in ((batch, "monai"), (1, "monai_default")):
+        fastest = min(pilot[(b, t)] for t in layouts)
+        for t in layouts:
+            if pilot[(b, t)] > 2 * fastest:
+                skipped[f"{name}@{t}"] = round(pilot[(b, t)] / fastest, 1)
+                continue
+            runs[f"{name}@{t}"] = monai(b, t)
+    if f"monai@{cores}" in runs:
+        runs[f"forward@{cores}"] = fwd(our_forward, cores, 1)
+        runs[f"eager_forward@{cores}"] = fwd(eager, cores, 1)
     if streams > 1:
         runs[f"forward@1x{streams}"] = fwd(our_forward, threads, streams)
         runs[f"eager_forward@1x{streams}"] = fwd(eager, threads, streams)
     times = {k: [] for k in runs}
+    cpu = {k: [] for k in runs}
+    names = list(runs)
     for r in range(rounds):
-        for name, fn in runs.items():
+        # Rotate the order every round, so no method always follows the same neighbour.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = runs[name]
             if r and _hopeless(name, times):
                 continue
+            c = _cpu_seconds()
             times[name].append(fn())
+            cpu[name].append(_cpu_seconds() - c)
     best = {k: min(v) for k, v in times.items()}
 
     def best_of(prefix):
         return min(v for k, v in best.items() if k.split("@")[0] == prefix)
 
     ours = best["ours"]
+    cpu_best = {k: min(v) for k, v in cpu.items()}
     return {"windows": plan.n_windows, "seconds": {k: round(v, 2) for k, v in best.items()},
+            "skipped_slower_than_2x": skipped,
+            "cpu_seconds": {k: round(v, 2) for k, v in cpu_best.items()},
             "streams": streams, "threads": threads,
             "speedup_vs_monai": best_of("monai") / ours,
             "speedup_vs_monai_default": best_of("monai_default") / ours,
@@ -275,9 +317,10 @@ def memory(work: Path, device, gb: float, dtype: str) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed part")
-    p.add_argument("--batch", type=int, default=8, help="windows per forward pass (both)")
-    p.add_argument("--speed-shape", default="16,768,768", help="Z,Y,X of the speed volume")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the speed part")
+    p.add_argument("--batch", type=int, default=4,
+                   help="windows per forward pass, ours and MONAI (4: the CLI default)")
+    p.add_argument("--speed-shape", default="32,768,768", help="Z,Y,X of the speed volume")
     p.add_argument("--memory-gb", type=float, default=4.3, help="size of the big volume")
     p.add_argument("--memory-dtype", default="float32", choices=("uint8", "float32"))
     p.add_argument("--threads", type=int, default=None, help="torch threads for everything")
@@ -306,6 +349,11 @@ def main() -> int:
     print(f"speed ({shape}, {sp['windows']} windows of 256x256, batch {args.batch}; ours: "
           f"{sp['streams']} streams x {sp['threads']} threads; name@threads): "
           f"seconds {sp['seconds']}")
+    if sp.get("skipped_slower_than_2x"):
+        print(f"  skipped after the pilot (times slower per window than the same method's "
+              f"other layout): {sp['skipped_slower_than_2x']}")
+    if sp.get("cpu_seconds"):
+        print(f"  CPU seconds (all threads; independent of other load): {sp['cpu_seconds']}")
     print(f"  ours / MONAI(batch {args.batch}) {sp['speedup_vs_monai']:.2f}x, ours / MONAI"
           f"(batch 1) {sp['speedup_vs_monai_default']:.2f}x, fraction of our forward "
           f"{sp['fraction_of_forward']:.2f}, of the eager forward "
@@ -325,7 +373,8 @@ def main() -> int:
               "device": torch.cuda.get_device_name(0) if device == "cuda" else
               f"cpu ({sp['streams'] * (sp['threads'] or 1)} cores)",
               "fraction_of_eager_forward": round(sp["fraction_of_eager_forward"], 3),
-              "seconds": sp["seconds"]}
+              "seconds": sp["seconds"], "cpu_seconds": sp.get("cpu_seconds"),
+              "skipped": sp.get("skipped_slower_than_2x")}
     result["load_average"] = [round(v, 2) for v in os.getloadavg()]
     print(f"load average at the end: {result['load_average']} on {os.cpu_count()} CPUs")
     if args.json:

@@ -191,6 +191,17 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
         print(f"'{out}' is already complete; nothing to resume.", file=sys.stderr)
         return {"output": str(out), "shape": tuple(shape), "blocks": plan.n_blocks,
                 "resumed_blocks": plan.n_blocks, "mean_probability": mean, "dims": loaded.dims}
+    threads_before = torch.get_num_threads()
+    try:
+        return _predict(job, loaded, dev, mode, fingerprint, voxel_size, shape, device, dask,
+                        quiet, input_spec)
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves torch as it found it
+
+
+def _predict(job: PredictJob, loaded, dev, mode, fingerprint, voxel_size, shape, device, dask,
+             quiet, input_spec) -> dict:
+    out, plan, options, stats = job.output.path, job.plan, job.options, job.stats
     predictor = make_predictor(loaded, dev, options, quiet)
     if mode == "new":
         attrs = {"checkpoint": str(loaded.path), "iteration": loaded.iteration,
