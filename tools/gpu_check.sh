@@ -19,7 +19,7 @@ log="tools/results/gpu_check_${gpu}.txt"
   timeout 120 python tools/bench_train.py --device cuda --dims 3 --batch 2 --steps 10 --json
   if [ -f tools/bench_infer.py ]; then
     echo "## bench_infer"
-    timeout 150 python tools/bench_infer.py --device cuda --json
+    timeout 240 python tools/bench_infer.py --device cuda --parts equivalence,speed --json
   fi
   real=../shared/data/real
   if [ -d "$real/vnc" ] && [ -d "$real/lucchi" ]; then

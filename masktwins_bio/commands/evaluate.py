@@ -12,6 +12,9 @@ def register(sub) -> None:
     p.add_argument("--labels", required=True, help="label volume")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--json", action="store_true", help="end with one JSON line")
+    p.add_argument("--instances", action="store_true",
+                   help="both volumes hold instance labels (e.g. from `segment`): report the "
+                        "MitoEM instance AP at IoU 0.75 instead")
     p.set_defaults(func=run)
 
 
@@ -20,6 +23,8 @@ def run(args) -> int:
     from ..errors import InputError
     from ..metrics import evaluate_volumes
 
+    if args.instances:
+        return _run_instances(args)
     if not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold {args.threshold} must lie strictly between 0 and 1.")
     prob = open_volume(args.prediction)
@@ -35,4 +40,19 @@ def run(args) -> int:
     print(f"({metrics['slices']} slices, threshold {args.threshold})")
     if args.json:
         print(json.dumps({k: metrics[k] for k in keys}))
+    return 0
+
+
+def _run_instances(args) -> int:
+    """MitoEM protocol: AP at IoU 0.75 between predicted and ground-truth instances."""
+    from ..data.volumes import open_volume
+    from ..metrics import instance_ap
+
+    pred, gt = open_volume(args.prediction), open_volume(args.labels)
+    result = instance_ap(pred, gt, iou_threshold=0.75)
+    print(f"AP-75  {100 * result['ap']:6.2f}  ({result['tp']} TP, {result['fp']} FP, "
+          f"{result['fn']} FN; {result['n_pred']} predicted, {result['n_gt']} true instances)")
+    if args.json:
+        print(json.dumps({"ap75": result["ap"], **{k: result[k] for k in
+                                                   ("tp", "fp", "fn", "n_pred", "n_gt")}}))
     return 0

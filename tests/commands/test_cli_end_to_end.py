@@ -52,3 +52,22 @@ def test_trailing_overrides_reach_the_saved_config(tmp_path, train_args):
     assert main(train_args(run, extra=["mask.ratio=0.4", "mask.block=[1,16,16]"])) == 0
     text = (run / "config.yaml").read_text()
     assert "ratio: 0.4" in text and "- 16" in text
+
+
+def test_evaluate_instances_reports_ap75(tmp_path, capsys):
+    gt = np.zeros((2, 32, 32), np.uint16)
+    gt[:, 2:10, 2:10] = 1
+    gt[:, 20:30, 20:30] = 2
+    pred = gt.copy()
+    pred[:, 20:30, 20:30] = 0          # one instance missed
+    pred[:, 12:16, 12:16] = 7          # one false positive
+    for name, arr in (("gt.zarr", gt), ("pred.zarr", pred)):
+        z = zarr.create_array(store=str(tmp_path / name), shape=arr.shape, dtype=arr.dtype,
+                              chunks=(1, 32, 32))
+        z[:] = arr
+    capsys.readouterr()
+    assert main(["evaluate", "--prediction", str(tmp_path / "pred.zarr"), "--labels",
+                 str(tmp_path / "gt.zarr"), "--instances", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["tp"], result["fp"], result["fn"]) == (1, 1, 1)
+    assert 0.0 < result["ap75"] < 1.0
