@@ -1,6 +1,7 @@
 """Data parallelism on CPU (gloo, 2 processes): 2 ranks x batch b == 1 process x batch 2b."""
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -44,7 +45,17 @@ def _rank_main(rank, port, settings, method, out_dir):
     trainer.step(0, batches=(src_x[share], src_y[share], tgt[share]))
     if rank == 0:
         torch.save(_grads(trainer), os.path.join(out_dir, "grads.pt"))
-    torch.distributed.destroy_process_group()
+    torch.distributed.barrier()
+    # Rank 0 hosts the TCP store: it leaves last, or rank 1 may abort on a vanished store.
+    done = os.path.join(out_dir, "rank1.done")
+    if rank == 1:
+        torch.distributed.destroy_process_group()
+        open(done, "w").close()
+    else:
+        deadline = time.time() + 60
+        while not os.path.exists(done) and time.time() < deadline:
+            time.sleep(0.05)
+        torch.distributed.destroy_process_group()
 
 
 def _free_port():

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from masktwins_bio.cli import main
 from masktwins_bio.config import build_config
 from masktwins_bio.data.synthetic import demo_pair
 from masktwins_bio.train.domains import Domain
@@ -59,12 +58,16 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_domains, tiny_settings, meth
 
 
 def test_resume_after_kill_mid_run(tmp_path, train_args):
+    # All three runs are separate processes, so each starts with the same torch thread count
+    # (earlier tests in this process may have changed it, and float sums depend on it).
     iters = 40
     full, killed = tmp_path / "full", tmp_path / "killed"
-    assert main(train_args(full, "masktwins", extra=["--iters", str(iters)])) == 0
-    args = train_args(killed, "masktwins", extra=["--iters", str(iters)])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "masktwins_bio", *args], env=env,
+    cli = [sys.executable, "-m", "masktwins_bio"]
+    subprocess.run(cli + train_args(full, "masktwins", extra=["--iters", str(iters)]), env=env,
+                   check=True, capture_output=True)
+    args = train_args(killed, "masktwins", extra=["--iters", str(iters)])
+    proc = subprocess.Popen(cli + args, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "checkpoints" / "last.pt"
     deadline = time.time() + 120
@@ -83,6 +86,8 @@ def test_resume_after_kill_mid_run(tmp_path, train_args):
         proc.wait(timeout=30)
     stopped_at = load_checkpoint(ckpt)["iteration"]
     assert stopped_at < iters
-    assert main(train_args(killed, "masktwins", extra=["--iters", str(iters), "--resume"])) == 0
+    subprocess.run(cli + train_args(killed, "masktwins", extra=["--iters", str(iters),
+                                                                "--resume"]),
+                   env=env, check=True, capture_output=True)
     _assert_same(_weights(full), _weights(killed))
     assert not list((killed / "checkpoints").glob("*.tmp"))
