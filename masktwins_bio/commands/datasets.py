@@ -22,6 +22,7 @@ def run(args) -> int:
         unverified = [n for n, f in (manifest or {}).get("files", {}).items()
                       if not f.get("verified")]
         rows.append({"name": entry.name, "present": present, "unverified_files": unverified,
+                     "generated": bool(entry.synthetic),
                      "splits": {s: str(split_path(entry, s, root)) for s in entry.splits},
                      "shapes": {s: sp.shape for s, sp in entry.splits.items()},
                      "voxel_size_nm": entry.voxel_size, "description": entry.description,
@@ -32,7 +33,8 @@ def run(args) -> int:
         return 0
     print(f"data root: {root}")
     for r in rows:
-        state = "present" if r["present"] else "-"
+        # synthetic domains need no download: training generates them in memory
+        state = "present" if r["present"] else ("generated on use" if r["generated"] else "-")
         if r["unverified_files"]:
             state += " (unverified)"
         print(f"  {r['name']:<17} {state:<21} {', '.join(r['shapes'])}: {r['description']}")
