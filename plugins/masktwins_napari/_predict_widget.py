@@ -18,8 +18,8 @@ from masktwins_bio.errors import InputError, MaskTwinsError
 from ._layers import is_2d, layer_volume, pick_region, placement
 from ._models import device_choices, load_predictor, pick_device
 from ._predict import instance_labels, plan_prediction
-from ._qt_common import (CANCELLED, Failure, guarded, layer_combo, layer_stats, notify_error,
-                         replace_layer)
+from ._qt_common import (CANCELLED, CheckpointField, Failure, guarded, layer_combo,
+                         layer_stats, notify_error, replace_layer)
 
 
 def parse_window(text: str):
@@ -34,7 +34,7 @@ def parse_window(text: str):
                          "128,128 (2D) or 16,128,128 (3D).") from None
 
 
-class PredictWidget(Container):
+class PredictWidget(CheckpointField, Container):
     """Dock widget; ``napari_viewer`` is injected by napari."""
 
     def __init__(self, napari_viewer):
@@ -95,14 +95,6 @@ class PredictWidget(Container):
         self._ckpt_info.value = (f"{loaded.config.method}, {loaded.dims}D, iteration "
                                  f"{loaded.iteration} ({loaded.path.name})")
         return loaded
-
-    def _on_checkpoint(self, _value=None):
-        """Load as soon as a real checkpoint is typed or picked; problems are only reported
-        (as a notification) when the user presses the button, not while typing a path."""
-        try:
-            self._load(quiet=True)
-        except MaskTwinsError as err:
-            self._ckpt_info.value = f"not loaded: {str(err).split(';')[0]}"
 
     # -- running -------------------------------------------------------------------------------
     def run(self):

@@ -33,6 +33,18 @@ class _CancelledResult:
 CANCELLED = _CancelledResult()
 
 
+class CheckpointField:
+    """Mixin of the widgets with a checkpoint path (``_load(quiet)``, ``_ckpt_info``)."""
+
+    def _on_checkpoint(self, _value=None):
+        """Load as soon as a real checkpoint is typed or picked; problems are only reported
+        (as a notification) when the user presses the button, not while typing a path."""
+        try:
+            self._load(quiet=True)
+        except MaskTwinsError as err:
+            self._ckpt_info.value = f"not loaded: {str(err).split(';')[0]}"
+
+
 def message_of(err: BaseException, what: str) -> str:
     """One sentence for the user: the library's own for MaskTwinsError, else type and gist."""
     if isinstance(err, MaskTwinsError):

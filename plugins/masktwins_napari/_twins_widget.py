@@ -16,7 +16,8 @@ from masktwins_bio.errors import MaskTwinsError
 from ._layers import (cap_region, grow_region, is_2d, layer_volume, pick_region, placement,
                       read_region)
 from ._models import device_choices, load_networks, pick_device
-from ._qt_common import Failure, guarded, layer_combo, layer_stats, notify_error, replace_layer
+from ._qt_common import (CheckpointField, Failure, guarded, layer_combo, layer_stats,
+                         notify_error, replace_layer)
 from ._twins import check_mode, compute_twins
 
 # Twins are for looking at: keep crops interactive whatever the layer's size.
@@ -28,7 +29,7 @@ SHORT_TITLES = {"crop": "crop + M", "twin A (x·M)": "A = x·M", "twin B (x·(1�
                 "student on B": "student(B)", "disagreement |pA−pB|": "|pA − pB|"}
 
 
-class MaskedTwinsWidget(Container):
+class MaskedTwinsWidget(CheckpointField, Container):
     """Dock widget; ``napari_viewer`` is injected by napari."""
 
     def __init__(self, napari_viewer):
@@ -109,14 +110,6 @@ class MaskedTwinsWidget(Container):
         if nets.dims == 3:
             self._slices.value = max(self._slices.value, int(nets.roi[0]))
         return nets
-
-    def _on_checkpoint(self, _value=None):
-        """Load as soon as a real checkpoint is typed or picked; problems are only reported
-        (as a notification) when the user presses the button, not while typing a path."""
-        try:
-            self._load(quiet=True)
-        except MaskTwinsError as err:
-            self._ckpt_info.value = f"not loaded: {str(err).split(';')[0]}"
 
     # -- running -------------------------------------------------------------------------------
     def run(self):
