@@ -121,24 +121,22 @@ class Trainer:
             return iteration_rng(self.cfg.seed, it, stream * 1000 + self.ctx.rank)
         return iteration_rng(self.cfg.seed, it, stream)
 
+    def _draw(self, domain, it: int, stream: int, n: int, foreground_prob: float):
+        """Batch of iteration ``it`` from an in-memory Domain or a domain that reads its own
+        crops (streamed from disk, driving scenes) through ``draw``."""
+        aug, rng = self.cfg.augment, self._rng(it, stream)
+        if isinstance(domain, Domain):
+            return draw_batch(domain, n, self.cfg.crop, self.cfg.dims, rng, foreground_prob,
+                              aug.flip, aug.rot90)
+        return domain.draw(it, rng, aug.flip, aug.rot90)
+
     def _batches(self, it: int):
-        cfg, dims, crop = self.cfg, self.cfg.dims, self.cfg.crop
-        aug = cfg.augment
-        if isinstance(self.source, Domain):
-            src_x, src_y = draw_batch(self.source, cfg.data.batch_source, crop, dims,
-                                      self._rng(it, STREAM_SOURCE),
-                                      cfg.data.foreground_prob, aug.flip, aug.rot90)
-        else:  # streamed from disk
-            src_x, src_y = self.source.draw(it, self._rng(it, STREAM_SOURCE), aug.flip,
-                                            aug.rot90)
+        d = self.cfg.data
+        src_x, src_y = self._draw(self.source, it, STREAM_SOURCE, d.batch_source,
+                                  d.foreground_prob)
         tgt = None
-        if self.target is not None and cfg.method != "source-only":
-            if isinstance(self.target, Domain):
-                tgt, _ = draw_batch(self.target, cfg.data.batch_target, crop, dims,
-                                    self._rng(it, STREAM_TARGET), 0.0, aug.flip, aug.rot90)
-            else:
-                tgt, _ = self.target.draw(it, self._rng(it, STREAM_TARGET), aug.flip,
-                                          aug.rot90)
+        if self.target is not None and self.cfg.method != "source-only":
+            tgt, _ = self._draw(self.target, it, STREAM_TARGET, d.batch_target, 0.0)
         return src_x, src_y, tgt
 
     def step(self, it: int, keep_views: bool = False, batches=None):

@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableW
 
 from ._evaluate import ROWS, evaluate_layers, table_rows
 from ._plot import SlicePlot
-from ._qt_common import Failure, guarded, layer_combo, notify_error
+from ._qt_common import Failure, guarded, layer_combo, notify_error, start_worker
 
 
 class EvaluateWidget(Container):
@@ -86,11 +86,7 @@ class EvaluateWidget(Container):
         worker = create_worker(guarded, "Evaluation", evaluate_layers, pred, labels,
                                self._threshold.value, _progress={"desc": "Evaluating"})
         worker.returned.connect(lambda out: self._show(pred, labels, out))
-        self._run.enabled = False
-        worker.finished.connect(lambda: setattr(self._run, "enabled", True))
-        self.worker = worker
-        worker.start()
-        return worker
+        return start_worker(self, worker)
 
     def _show(self, pred, labels, out):
         if isinstance(out, Failure):

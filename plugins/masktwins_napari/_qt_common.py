@@ -45,6 +45,15 @@ class CheckpointField:
             self._ckpt_info.value = f"not loaded: {str(err).split(';')[0]}"
 
 
+def start_worker(widget, worker):
+    """Run ``worker`` with the widget's button (``_run``) disabled until it finishes."""
+    widget._run.enabled = False
+    worker.finished.connect(lambda: setattr(widget._run, "enabled", True))
+    widget.worker = worker
+    worker.start()
+    return worker
+
+
 def message_of(err: BaseException, what: str) -> str:
     """One sentence for the user: the library's own for MaskTwinsError, else type and gist."""
     if isinstance(err, MaskTwinsError):

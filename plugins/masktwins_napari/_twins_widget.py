@@ -17,7 +17,7 @@ from ._layers import (cap_region, grow_region, is_2d, layer_volume, pick_region,
                       read_region)
 from ._models import device_choices, load_networks, pick_device
 from ._qt_common import (CheckpointField, Failure, guarded, layer_combo, layer_stats,
-                         notify_error, replace_layer)
+                         notify_error, replace_layer, start_worker)
 from ._twins import check_mode, compute_twins
 
 # Twins are for looking at: keep crops interactive whatever the layer's size.
@@ -123,11 +123,7 @@ class MaskedTwinsWidget(CheckpointField, Container):
         worker = create_worker(guarded, "Masked twins", self._compute, job,
                                _progress={"desc": "Masked twins"})
         worker.returned.connect(lambda out: self._show(layer, job, out))
-        self._run.enabled = False
-        worker.finished.connect(lambda: setattr(self._run, "enabled", True))
-        self.worker = worker
-        worker.start()
-        return worker
+        return start_worker(self, worker)
 
     def _prepare(self) -> dict:
         layer = self._image.value
