@@ -15,7 +15,9 @@ def test_defaults_follow_method_md():
     cfg = build_config()
     assert cfg.method == "masktwins"
     assert cfg.mask.ratio == 0.5
-    assert cfg.uda.tau == 0.968 and cfg.uda.lambda_cm == 0.01 and cfg.uda.ema == 0.999
+    assert cfg.uda.lambda_cm == 0.01 and cfg.uda.ema == 0.999
+    # The one measured departure (config.py): confident voxels only, at tau 0.9, for EM.
+    assert cfg.uda.tau == 0.9 and cfg.uda.confident_only
     assert cfg.block == (32, 32) and cfg.crop == (256, 256)
 
 

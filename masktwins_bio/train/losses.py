@@ -28,26 +28,40 @@ class SegmentationLoss(torch.nn.Module):
         super().__init__()
         self.ctx = ctx
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (same shape, 0/1) restricts both terms to the voxels it keeps."""
         logits, target = logits.float(), target.float()
-        bce = F.binary_cross_entropy_with_logits(logits, target)
         prob = torch.sigmoid(logits)
-        inter = global_sum((prob * target).sum(), self.ctx)
-        denom = global_sum(prob.sum() + target.sum(), self.ctx)
+        if mask is None:
+            bce = F.binary_cross_entropy_with_logits(logits, target)
+            inter = global_sum((prob * target).sum(), self.ctx)
+            denom = global_sum(prob.sum() + target.sum(), self.ctx)
+        else:
+            mask = mask.float()
+            bce_map = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            # A global mean over the kept voxels: ranks may keep different numbers of them.
+            kept = global_sum(mask.sum(), self.ctx).clamp_min(1.0)
+            bce = global_sum((mask * bce_map).sum(), self.ctx) / kept
+            inter = global_sum((mask * prob * target).sum(), self.ctx)
+            denom = global_sum((mask * (prob + target)).sum(), self.ctx)
         dice = 1.0 - (2.0 * inter + SMOOTH) / (denom + SMOOTH)
-        # The Dice value is global but its gradient reaches only this rank's voxels: scale it by
-        # the world size so that it survives the gradient average (BCE is a per-rank mean).
-        return bce + dice * self.ctx.world_size if self.ctx.enabled else bce + dice
+        if not self.ctx.enabled:
+            return bce + dice
+        # A global value's gradient reaches only this rank's voxels: scale it by the world size
+        # so that it survives the gradient average (the unmasked BCE is a per-rank mean).
+        return (bce if mask is None else bce * self.ctx.world_size) + dice * self.ctx.world_size
 
 
 @torch.no_grad()
 def pseudo_label(teacher_prob: torch.Tensor, threshold: float, tau: float,
-                 ctx: DistContext = SINGLE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard pseudo-labels ``p > threshold`` and their weight (scalar tensor in [0, 1])."""
+                 ctx: DistContext = SINGLE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels ``p > threshold``, their weight (scalar tensor in [0, 1]) and the
+    map of confident voxels (confidence max(p, 1-p) >= tau) the weight counts."""
     labels = (teacher_prob > threshold).to(teacher_prob.dtype)
-    confidence = torch.maximum(teacher_prob, 1 - teacher_prob)
-    weight = mean_over_ranks((confidence >= tau).float().mean(), ctx)
-    return labels, weight
+    confident = (torch.maximum(teacher_prob, 1 - teacher_prob) >= tau).to(teacher_prob.dtype)
+    weight = mean_over_ranks(confident.mean(), ctx)
+    return labels, weight, confident
 
 
 def twin_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:

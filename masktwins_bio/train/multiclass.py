@@ -61,13 +61,16 @@ class MultiClassLoss(torch.nn.Module):
 
 @torch.no_grad()
 def multiclass_pseudo_label(teacher_logits: torch.Tensor, tau: float,
-                            ctx: DistContext = SINGLE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard labels (B, 1, ...) int64 = argmax of the softmax, and their weight (scalar tensor):
-    the fraction of pixels whose maximum class probability is at least ``tau``."""
+                            ctx: DistContext = SINGLE
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hard labels (B, 1, ...) int64 = argmax of the softmax, their weight (scalar tensor):
+    the fraction of pixels whose maximum class probability is at least ``tau``, and the map of
+    those confident pixels (B, 1, ...) bool."""
     prob = torch.softmax(teacher_logits.float(), dim=1)
     confidence, labels = prob.max(dim=1, keepdim=True)
-    weight = mean_over_ranks((confidence >= tau).float().mean(), ctx)
-    return labels, weight
+    confident = confidence >= tau
+    weight = mean_over_ranks(confident.float().mean(), ctx)
+    return labels, weight, confident
 
 
 def label_view(labels_or_logits: torch.Tensor, num_classes: int) -> torch.Tensor:

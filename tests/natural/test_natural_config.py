@@ -44,7 +44,8 @@ def test_recipes_agree_with_the_preset(name, source, head):
     for key in ("name", "backbone", "num_classes", "norm"):
         assert getattr(recipe.model, key) == getattr(preset.model, key)
     assert recipe.crop == preset.crop == (1024, 1024) and recipe.block == (64, 64)
-    assert recipe.uda.tau == 0.968 and recipe.natural.rcs_temperature == 0.01
+    assert recipe.uda.tau == preset.uda.tau == 0.968 and recipe.natural.rcs_temperature == 0.01
+    assert not recipe.uda.confident_only and not preset.uda.confident_only
     assert recipe.natural.val_window == [1024, 1024] and recipe.natural.val_stride == [512, 512]
 
 

@@ -36,8 +36,9 @@ def test_pseudo_labels_are_argmax_weighted_by_confident_fraction():
     p = torch.tensor([[0.98, 0.01, 0.01], [0.5, 0.3, 0.2], [0.01, 0.97, 0.02],
                       [0.1, 0.1, 0.8]])                      # 4 pixels, 3 classes
     logits = p.log().T.reshape(1, 3, 2, 2)
-    labels, weight = multiclass_pseudo_label(logits, tau=0.968)
+    labels, weight, confident = multiclass_pseudo_label(logits, tau=0.968)
     assert labels.shape == (1, 1, 2, 2) and labels.flatten().tolist() == [0, 0, 1, 2]
+    assert confident.flatten().tolist() == [True, False, True, False]
     assert math.isclose(weight.item(), 0.5)                   # 0.98 and 0.97 reach tau
 
 

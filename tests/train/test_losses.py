@@ -24,11 +24,25 @@ def test_segmentation_loss_is_small_for_confident_correct_logits():
 
 def test_pseudo_label_and_confidence_weight_by_hand():
     prob = torch.tensor([0.99, 0.97, 0.6, 0.4, 0.02, 0.5])
-    labels, weight = pseudo_label(prob, threshold=0.5, tau=0.968)
+    labels, weight, confident = pseudo_label(prob, threshold=0.5, tau=0.968)
     assert labels.tolist() == [1, 1, 1, 0, 0, 0]
     # confident (max(p, 1-p) >= 0.968): 0.99, 0.97, 0.02 -> 3 of 6
+    assert confident.tolist() == [1, 1, 0, 0, 1, 0]
     assert math.isclose(weight.item(), 0.5)
     assert not labels.requires_grad
+
+
+def test_masked_loss_equals_the_loss_over_the_kept_voxels_only():
+    logits = torch.tensor([0.0, 2.0, -1.0, 1.0, 3.0, -4.0])
+    target = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    keep = mask.bool()
+    got = SegmentationLoss()(logits, target, mask)
+    torch.testing.assert_close(got, SegmentationLoss()(logits[keep], target[keep]))
+    # dropped voxels receive no gradient at all
+    x = logits.clone().requires_grad_(True)
+    SegmentationLoss()(x, target, mask).backward()
+    assert x.grad[~keep].abs().sum() == 0 and x.grad[keep].abs().sum() > 0
 
 
 def test_twin_consistency_is_symmetric_mse_with_gradients_into_both():

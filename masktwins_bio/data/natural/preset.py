@@ -17,6 +17,8 @@ NATURAL_PRESET = {
               "in_channels": 3, "norm": "batch"},
     "data": {"kind": "natural", "crop": [1024, 1024], "batch_source": 2, "batch_target": 2},
     "mask": {"block": [64, 64]},
+    # The official MIC/MaskTwins pseudo-label loss (the EM defaults differ, see config.py).
+    "uda": {"tau": 0.968, "confident_only": False},
 }
 # HRDA/MIC resolutions: GTA5 1914x1052 -> 2560x1407, SYNTHIA 1280x760 -> 2560x1520,
 # Cityscapes at its native 2048x1024. SYNTHIA's headline is the 13-class mIoU.
