@@ -193,9 +193,17 @@ def main() -> int:
     table = assemble(args.direction, methods, seeds, keys)
     print_table(args.direction, table)
     iters = resolve(args.preset, methods[0], seeds[0], args.iters, args.overrides).iters
+    result = {"methods": table, "iters": iters, "seeds": seeds, "direction": args.direction,
+              "preset": args.preset, "overrides": args.overrides}
+    # The table as JSON beside the cached runs it was assembled from (one file per preset).
+    out = CACHE / args.direction / f"table_{args.preset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+    print(f"table written to {out.relative_to(ROOT)}")
     if args.json:
-        print(json.dumps({"methods": table, "iters": iters, "seeds": seeds,
-                          "direction": args.direction, "preset": args.preset}))
+        print(json.dumps(result))
     return 0
 
 

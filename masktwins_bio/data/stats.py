@@ -18,6 +18,7 @@ from .ome_zarr import block_shape, iter_blocks
 from .volumes import Volume, binarise_labels, open_volume
 
 INDEX_CELL = (1, 32, 32)
+DEFAULT_PCT = (0.5, 99.5)   # the clip percentiles of DataConfig and of convert
 
 
 def _converted_attrs(vol: Volume) -> dict | None:
@@ -35,18 +36,22 @@ def _converted_attrs(vol: Volume) -> dict | None:
         return None
 
 
-def volume_stats(spec, recompute: bool = False) -> IntensityStats:
-    """Intensity statistics of a volume, computed at most once per volume (see module doc)."""
+def volume_stats(spec, recompute: bool = False, low_pct: float = DEFAULT_PCT[0],
+                 high_pct: float = DEFAULT_PCT[1]) -> IntensityStats:
+    """Intensity statistics of a volume, computed at most once per volume and clip range (see
+    module doc)."""
     vol = open_volume(spec)
+    default = (low_pct, high_pct) == DEFAULT_PCT
+    kind = "intensity" if default else f"intensity-{low_pct:g}-{high_pct:g}"
     if not recompute:
-        stored = (_converted_attrs(vol) or {}).get("intensity")
+        stored = (_converted_attrs(vol) or {}).get("intensity") if default else None
         if stored:
             return IntensityStats.from_dict(stored)
-        cached = cache.load(vol.path, "intensity")
+        cached = cache.load(vol.path, kind)
         if cached:
             return IntensityStats.from_dict(cached)
-    stats = compute_stats(vol)
-    cache.save(vol.path, "intensity", stats.to_dict())
+    stats = compute_stats(vol, low_pct, high_pct)
+    cache.save(vol.path, kind, stats.to_dict())
     return stats
 
 

@@ -150,7 +150,7 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     threshold), any other name a plain zarr array. ``dask`` is a scheduler address or
     ``local:N``. ``streams`` None picks the CPU default of :func:`parallelism`.
     """
-    from ..data.normalize import compute_stats
+    from ..data.stats import volume_stats
     from ..data.volumes import open_volume
     from ..train.device import select_device
     from .model_io import load_model
@@ -175,8 +175,10 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
             raise InputError(f"The checkpoint holds a 3D network but '{input_spec}' is a single "
                              "2D image; use a 2D run or give a volume.")
         run = {"resume": read_run(out), "complete": (completed(out) or {}).get("run")}.get(mode)
-        stats = run["stats"] if run else compute_stats(vol, loaded.config.data.low_pct,
-                                                       loaded.config.data.high_pct).to_dict()
+        # Computed once per volume and clip range, then read from beside the data (stats.py).
+        stats = run["stats"] if run else volume_stats(
+            input_spec, low_pct=loaded.config.data.low_pct,
+            high_pct=loaded.config.data.high_pct).to_dict()
     plan = make_plan(shape, loaded.roi, loaded.dims, options.overlap, options.block,
                      options.batch_size, options.budget)
     # Absolute paths: dask workers may run elsewhere (on a shared file system).

@@ -131,3 +131,20 @@ def test_dask_local_cluster_equals_single_process(tmp_path, ckpts, volume):
     assert attrs["processes"] >= 2                        # both workers wrote blocks
     assert attrs["run"]["block"] == [2, 32, 48]
     assert not (Path(spread) / ".masktwins").exists()     # a finished output is plain zarr
+
+
+def test_intensity_stats_are_computed_once_per_volume(tmp_path, ckpts, monkeypatch):
+    from masktwins_bio.data import stats as stats_module
+
+    src = tmp_path / "v.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).integers(0, 255, (3, 40, 40), np.uint8),
+                     photometric="minisblack")
+    assert _predict(ckpts[2], str(src), tmp_path / "a.zarr") == 0
+    assert list(tmp_path.glob("v.tif.masktwins-intensity-*.json"))   # stored beside the data
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("statistics recomputed")
+    monkeypatch.setattr(stats_module, "compute_stats", forbidden)
+    assert _predict(ckpts[2], str(src), tmp_path / "b.zarr") == 0
+    a = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[:]
+    np.testing.assert_array_equal(a, zarr.open_array(str(tmp_path / "b.zarr"), mode="r")[:])
