@@ -28,6 +28,16 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks on a shared 2-core machine: one thread avoids OpenMP barrier stalls.
+    Test folders of tiny networks opt in with an autouse fixture that requests this one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_settings() -> dict:
     """The tiny network/schedule settings as a config dict layer."""

@@ -46,9 +46,5 @@ def volume(tmp_path_factory) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids OpenMP barrier stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every inference test runs its tiny networks on one torch thread (tests/conftest.py)."""

@@ -130,13 +130,8 @@ def scene_tree(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and CPUs here are shared."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every natural-image test runs its tiny networks on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
