@@ -41,6 +41,7 @@ CPU_PRESET = {
     "uda": {"ema": 0.99, "warmup_iters": 1000},
     "mask": {"block": [1, 32, 32]},
 }
+TABLE_SEEDS = 10  # the table file holds whichever of seeds 0..9 are cached
 GPU_PRESET_FILE = ROOT / "configs" / "vnc_to_lucchi.yaml"
 
 
@@ -152,6 +153,31 @@ def print_table(direction: str, table: dict) -> None:
         print(f"{method:<14}{cells}  {row['seeds']}")
 
 
+def write_table_file(args, iters: int) -> Path:
+    """The table of *every* method and cached seed for this preset and these overrides, as JSON
+    beside the runs it was assembled from. A partial run (``--methods rmask --seeds 2``) thus
+    never shrinks the file to its own rows; runs with overrides or another budget get their
+    own file, named by a hash of what differs from the preset."""
+    methods, seeds = list(METHODS), list(range(TABLE_SEEDS))
+    keys = {(m, s): run_key(args.direction,
+                            resolve(args.preset, m, s, args.iters, args.overrides).to_dict())
+            for m in methods for s in seeds}
+    table = assemble(args.direction, methods, seeds, keys)
+    result = {"methods": table, "iters": iters,
+              "seeds": sorted({s for row in table.values() for s in row["seeds"]}),
+              "direction": args.direction, "preset": args.preset, "overrides": args.overrides}
+    name = f"table_{args.preset}"
+    if args.overrides or args.iters:
+        tag = json.dumps({"iters": args.iters, "overrides": sorted(args.overrides)})
+        name += "_" + hashlib.sha256(tag.encode()).hexdigest()[:8]
+    out = CACHE / args.direction / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--direction", default="vnc-to-lucchi",
@@ -195,13 +221,8 @@ def main() -> int:
     iters = resolve(args.preset, methods[0], seeds[0], args.iters, args.overrides).iters
     result = {"methods": table, "iters": iters, "seeds": seeds, "direction": args.direction,
               "preset": args.preset, "overrides": args.overrides}
-    # The table as JSON beside the cached runs it was assembled from (one file per preset).
-    out = CACHE / args.direction / f"table_{args.preset}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
-    print(f"table written to {out.relative_to(ROOT)}")
+    out = write_table_file(args, iters)
+    print(f"table of every cached method and seed written to {out.relative_to(ROOT)}")
     if args.json:
         print(json.dumps(result))
     return 0
