@@ -1,12 +1,15 @@
-"""Training augmentations: MONAI dictionary transforms on the CPU, or a batched torch version
-that runs wherever the batch lives (the GPU, for 3D crops).
+"""Per-item training augmentations as MONAI dictionary transforms (CPU, in loader workers).
 
 - :func:`default_transforms` – flips on every axis, rot90 in the y/x plane (never mixing the
   anisotropic z axis), intensity scale/shift, Gaussian blur and noise; elastic deformation on
   request. Keys ``image`` (float) and ``label`` (nearest-neighbour, never intensity-changed).
 - :func:`apply_seeded` – run a MONAI transform with a given seed (reproducible per item).
-- :class:`BatchAugment` – the same flips/rot90/intensity/noise on an (N, C, [Z,] Y, X) tensor
-  batch with a torch.Generator, for GPU augmentation of 3D crops.
+
+This is what :class:`~.sampling.CropDataset` applies when it is used as a loader on its own.
+The UDA trainer instead draws flips/rot90 per crop (``train/domains.py``) and applies its
+photometric augmentation to whole batches on their device, the GPU included
+(``train/augment.py``): it needs the un-augmented target as the teacher's weak view and one
+generator per iteration for bit-identical resumes, which per-item transforms in workers cannot give.
 """
 from __future__ import annotations
 
@@ -48,49 +51,6 @@ def apply_seeded(transform, sample: dict, seed: int) -> dict:
     if hasattr(transform, "set_random_state"):
         transform.set_random_state(seed=int(seed) % (2**32))
     return transform(sample)
-
-
-class BatchAugment:
-    """Flips, y/x rot90, intensity scale/shift and noise on a batch, on the batch's device.
-
-    ``aug(image, label=None, seed=step)`` returns augmented (image, label); the same spatial
-    transform is applied to image and label of one sample; each sample draws its own.
-    """
-
-    def __init__(self, flip_prob=0.5, rot90_prob=0.5, scale=0.1, shift=0.1, noise_std=0.05,
-                 noise_prob=0.15):
-        self.flip_prob, self.rot90_prob = flip_prob, rot90_prob
-        self.scale, self.shift = scale, shift
-        self.noise_std, self.noise_prob = noise_std, noise_prob
-
-    def __call__(self, image, label=None, seed: int = 0):
-        import torch
-        gen = torch.Generator().manual_seed(int(seed))
-        n, spatial = image.shape[0], image.ndim - 2
-        out_img, out_lab = [], []
-        for b in range(n):
-            x = image[b]
-            y = None if label is None else label[b]
-            for axis in range(1, spatial + 1):
-                if torch.rand(1, generator=gen).item() < self.flip_prob:
-                    x = x.flip(axis)
-                    y = None if y is None else y.flip(axis)
-            if torch.rand(1, generator=gen).item() < self.rot90_prob:
-                k = int(torch.randint(1, 4, (1,), generator=gen))
-                dims = (spatial - 1, spatial)
-                x = torch.rot90(x, k, dims)
-                y = None if y is None else torch.rot90(y, k, dims)
-            factor = 1 + (torch.rand(1, generator=gen).item() * 2 - 1) * self.scale
-            offset = (torch.rand(1, generator=gen).item() * 2 - 1) * self.shift
-            x = x * factor + offset
-            if torch.rand(1, generator=gen).item() < self.noise_prob:
-                noise = torch.randn(x.shape, generator=gen).to(x.device)
-                x = x + noise * self.noise_std
-            out_img.append(x)
-            out_lab.append(y)
-        image = torch.stack(out_img)
-        label = None if label is None else torch.stack(out_lab)
-        return image, label
 
 
 def seed_for(rng: np.random.Generator) -> int:

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from masktwins_bio.data.augment import BatchAugment
 from masktwins_bio.data.convert import convert_volume
 from masktwins_bio.data.sampling import CropDataset, make_loader
 from masktwins_bio.data.stats import foreground_index, volume_stats
@@ -95,11 +94,3 @@ def test_bad_crops(converted):
         CropDataset(converted[0], crop=(16, 128, 128))
     with pytest.raises(InputError, match="does not fit"):
         CropDataset(converted[0], crop=(1, 2, 3, 4))
-
-
-def test_batch_augment_keeps_pairs_aligned():
-    img = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
-    out, lab = BatchAugment(scale=0, shift=0, noise_prob=0)(img, img.clone(), seed=4)
-    assert torch.equal(out, lab)
-    again, _ = BatchAugment(scale=0, shift=0, noise_prob=0)(img, img.clone(), seed=4)
-    assert torch.equal(out, again)
