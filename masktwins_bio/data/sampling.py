@@ -149,23 +149,35 @@ class CropDataset(Dataset):
 
     def read_crop(self, origin) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw image and label crops at ``origin`` (channel-first, before normalisation)."""
+        return self.read_crops([origin])[0]
+
+    def read_crops(self, origins) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """``read_crop`` of each origin, the reads of each volume issued together."""
         image_vol, label_vol = self._volumes()
-        box = tuple(slice(o, o + c) for o, c in zip(origin, self.crop3))
-        if len(self.crop) == 2:
-            box = (origin[0],) + box[1:]
-        image = np.asarray(image_vol[box])[np.newaxis]
-        label = None
-        if label_vol is not None:
-            raw = np.asarray(label_vol[box])
-            label = (raw > 0 if self.label_rule == "nonzero" else binarise_labels(raw))[None]
-        return image, label
+        boxes = []
+        for origin in origins:
+            box = tuple(slice(o, o + c) for o, c in zip(origin, self.crop3))
+            boxes.append((origin[0],) + box[1:] if len(self.crop) == 2 else box)
+        images = _read_many(image_vol, boxes)
+        labels = _read_many(label_vol, boxes) if label_vol is not None else [None] * len(boxes)
+        out = []
+        for image, raw in zip(images, labels):
+            label = None
+            if raw is not None:
+                label = (raw > 0 if self.label_rule == "nonzero" else binarise_labels(raw))[None]
+            out.append((image[np.newaxis], label))
+        return out
 
     def __getitem__(self, i) -> dict:
         if isinstance(i, (list, tuple, range, np.ndarray)):
             return self.batch(i)
         rng = np.random.default_rng([self.seed, int(i)])
         origin = self.origin(rng)
-        image, label = self.read_crop(origin)
+        return self._item(i, rng, origin, *self.read_crop(origin))
+
+    def _item(self, i, rng: np.random.Generator, origin, image, label) -> dict:
+        """Item ``i`` from its raw crops; ``rng`` has drawn the origin (the augmentation seed
+        comes next from it)."""
         image = _normalise(image, self.stats)
         sample = {"image": image}
         if label is not None:
@@ -185,17 +197,16 @@ class CropDataset(Dataset):
         shape = (len(indices), 1) + self.crop
         image = _batch_tensor(shape)
         label = _batch_tensor(shape) if self._label_src is not None else None
-        origins = []
-        for k, i in enumerate(indices):
+        rngs = [np.random.default_rng([self.seed, i]) for i in indices]  # as __getitem__
+        origins = [self.origin(rng) for rng in rngs]
+        for k, (i, rng, origin, (raw, lab)) in enumerate(zip(indices, rngs, origins,
+                                                             self.read_crops(origins))):
             if self.transform is not None:  # augmented items: assemble them one by one
-                item = self[i]
+                item = self._item(i, rng, origin, raw, lab)
                 image[k] = item["image"]
                 if label is not None:
                     label[k] = item["label"]
-                origins.append(item["origin"])
                 continue
-            origin = self.origin(np.random.default_rng([self.seed, i]))  # as __getitem__
-            raw, lab = self.read_crop(origin)
             dst = image[k].numpy()
             dst[...] = raw
             if self.stats is not None:
@@ -204,13 +215,18 @@ class CropDataset(Dataset):
                 dst /= np.float32(self.stats.std)
             if label is not None:
                 label[k].numpy()[...] = lab
-            origins.append(torch.tensor(origin, dtype=torch.int64))
         out = {"image": image}
         if label is not None:
             out["label"] = label
-        out["origin"] = torch.stack(origins)
+        out["origin"] = torch.tensor(origins, dtype=torch.int64).reshape(len(indices), 3)
         out["index"] = torch.tensor(indices, dtype=torch.int64)
         return out
+
+
+def _read_many(volume, boxes) -> list[np.ndarray]:
+    if hasattr(volume, "read_many"):
+        return volume.read_many(boxes)
+    return [np.asarray(volume[box]) for box in boxes]
 
 
 def _normalise(image: np.ndarray, stats: IntensityStats | None) -> np.ndarray:
