@@ -52,8 +52,8 @@ class DataConfig:
     low_pct: float = 0.5                    # normalisation clip percentiles, per volume
     high_pct: float = 99.5
     foreground_prob: float = 0.0            # chance that a source crop is drawn around foreground
-    stream: str = "auto"                    # read crops from disk: "auto" (volumes > 1 GiB),
-                                            # "always" or "never" (load volumes into memory)
+    # Read crops from disk: "auto" (volumes > 1 GiB), "always" or "never" (load into memory).
+    stream: str = "auto"
     workers: int = -1                       # DataLoader workers when streaming (-1: default)
     kind: str = "em"                        # "em" volumes or "natural" RGB scenes (GTA5...)
 
@@ -102,7 +102,7 @@ class UDAConfig:
     # confident ones, at 0.9, adapted better in both directions. Driving-scene configs pin 0.968.
     tau: float = 0.9
     pseudo_threshold: float = 0.5           # teacher probability above which a voxel is foreground
-    confident_only: bool = True             # pseudo-label loss only on voxels with confidence >= tau
+    confident_only: bool = True             # pseudo-label loss only where confidence >= tau
     lambda_cl: float = 1.0                  # weight of the (pseudo-label) consistency-learning term
     lambda_cm: float = 0.01                 # weight of the twins' logit MSE
     warmup_iters: int = 0                   # source-only iterations before target terms switch on

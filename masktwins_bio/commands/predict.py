@@ -52,6 +52,9 @@ def register(sub) -> None:
     p.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     p.add_argument("--eager", action="store_true",
                    help="run the network as is (no channels-last / frozen graph)")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the network: ~1.4x faster 2D forward on CPU after a "
+                        "build of seconds to a minute; auto: 2D on CPU, jobs of >= 8192 windows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -62,7 +65,8 @@ def run(args) -> int:
     options = PredictOptions(
         overlap=args.overlap, batch_size=args.batch_size, tta=args.tta, dtype=args.dtype,
         threshold=args.threshold, block=_block(args.block) if args.block else None,
-        amp=not args.no_amp, optimize=not args.eager, threads=args.threads)
+        amp=not args.no_amp, optimize=not args.eager, threads=args.threads,
+        compile=args.compile)
     summary = predict_volume(args.checkpoint, args.input, args.output, options,
                              device=args.device, which=args.which, resume=args.resume,
                              overwrite=args.overwrite, dask=args.dask, quiet=args.quiet,

@@ -148,3 +148,33 @@ def test_intensity_stats_are_computed_once_per_volume(tmp_path, ckpts, monkeypat
     assert _predict(ckpts[2], str(src), tmp_path / "b.zarr") == 0
     a = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[:]
     np.testing.assert_array_equal(a, zarr.open_array(str(tmp_path / "b.zarr"), mode="r")[:])
+
+
+def test_compiled_network_predicts_what_the_eager_one_does(tmp_path, ckpts, volume, capsys):
+    """--compile on gives the probabilities of --compile off within 1e-4 (the compiled network
+    itself: test_infer_blend.py); a resume must keep the setting."""
+    # batch 3 over 4-window rows: full and short batches both run through the compiled net.
+    assert _predict(ckpts[2], volume, tmp_path / "off.zarr", "--compile", "off",
+                    "--batch-size", "3") == 0
+    assert _predict(ckpts[2], volume, tmp_path / "on.zarr", "--compile", "on",
+                    "--batch-size", "3") == 0
+    off = zarr.open_array(str(tmp_path / "off.zarr"), mode="r")[:]
+    on = zarr.open_array(str(tmp_path / "on.zarr"), mode="r")[:]
+    assert np.abs(on - off).max() <= 1e-4
+    assert _predict(ckpts[2], volume, tmp_path / "on.zarr", "--compile", "off",
+                    "--batch-size", "3", "--resume") == 2
+    assert "another compile" in _error(capsys)
+
+
+def test_compile_auto_rule():
+    import torch
+
+    from masktwins_bio.inference.predict import AUTO_COMPILE_WINDOWS, resolve_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile("auto", cpu, 2, AUTO_COMPILE_WINDOWS) == "on"
+    assert resolve_compile("auto", cpu, 2, AUTO_COMPILE_WINDOWS - 1) == "off"
+    assert resolve_compile("auto", cpu, 3, 10**6) == "off"
+    assert resolve_compile("auto", cuda, 2, 10**6) == "off"
+    assert resolve_compile("on", cpu, 3, 1) == "on"
+    assert resolve_compile("on", cpu, 2, 1, optimize=False) == "off"   # --eager wins
