@@ -39,7 +39,8 @@ def test_later_layers_win():
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match=r"Unknown config key 'mask.size'.*mask.ratio, mask.block"):
+    with pytest.raises(ConfigError,
+                       match=r"Unknown config key 'mask.size'.*mask.ratio, mask.block"):
         build_config(parse_override("mask.size=3"))
     with pytest.raises(ConfigError, match="valid keys here are: method, dims"):
         build_config({"methd": "mic"})

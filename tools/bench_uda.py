@@ -8,7 +8,7 @@ validation-based checkpoint selection). Each (direction, method, seed) result is
 tools/results/uda/ keyed by the resolved config, with the commit that made it, so parts can run
 in the background (--methods / --seeds) and the table is assembled from the cache.
 
-    python tools/bench_uda.py --direction vnc-to-lucchi --methods source-only,masktwins --seeds 0,1,2
+    python tools/bench_uda.py --direction vnc-to-lucchi --methods masktwins --seeds 0,1,2
     python tools/bench_uda.py --assemble --json        # table from cached runs only
 """
 from __future__ import annotations

@@ -150,7 +150,7 @@ def test_predict_with_3d_checkpoint_on_2d_image(tmp_path, train_args, capsys):
 
 
 def test_predict_refuses_existing_output_and_foreign_checkpoint(tmp_path, tiny_data, train_args,
-                                                               capsys):
+                                                                capsys):
     run = tmp_path / "r"
     assert main(train_args(run)) == 0
     out = tmp_path / "p.zarr"

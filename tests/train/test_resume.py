@@ -49,7 +49,7 @@ def tiny_domains():
 def test_resume_equals_uninterrupted(tmp_path, tiny_domains, tiny_settings, method):
     full, part = tmp_path / "full", tmp_path / "part"
     _trainer(full, method, tiny_domains, tiny_settings).fit()
-    _trainer(part, method, tiny_domains, tiny_settings).fit(stop_at=2)   # pause after 2 of 4 iterations
+    _trainer(part, method, tiny_domains, tiny_settings).fit(stop_at=2)  # pause after 2 of 4
     assert load_checkpoint(part / "checkpoints" / "last.pt")["iteration"] == 2
     resumed = _trainer(part, method, tiny_domains, tiny_settings)
     resumed.resume()

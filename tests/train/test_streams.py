@@ -14,8 +14,8 @@ from masktwins_bio.train.trainer import Trainer
 @pytest.mark.parametrize("dims", [2, 3])
 def test_cli_training_with_streamed_domains(tmp_path, train_args, dims):
     run = tmp_path / "run"
-    assert main(train_args(run, "masktwins", dims, extra=["data.stream=always",
-                                                           "data.workers=0"])) == 0
+    extra = ["data.stream=always", "data.workers=0"]
+    assert main(train_args(run, "masktwins", dims, extra=extra)) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 3
 
 
