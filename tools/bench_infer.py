@@ -8,12 +8,16 @@
    CLI's path: load checkpoint, statistics, predict, write) vs MONAI end to end (load checkpoint,
    read the volume, statistics, ``sliding_window_inference``, sigmoid, write the same zarr) at our
    ``sw_batch_size`` and at MONAI's default 1, and vs the bare forward of the same windows (no
-   I/O, no blending) through our forward (frozen, channels-last) and through the eager model.
-   Same threads for all; methods interleaved over rounds, best round of each reported.
+   I/O, no blending) through our forward (the variant ``predict`` picks for the job: eager for
+   small 2D jobs on CPU, ``torch.compile``-d from 8,192 windows, see ``--compile``) and through
+   the eager model. Same threads for all; methods interleaved over rounds, best round of each
+   reported; the timed outputs of ours and MONAI are compared too (max |difference|).
 3. Memory: peak RSS of ``masktwins-bio predict`` (a subprocess, the path users run) on a
    >= 4 GB zarr volume and on one four times smaller, with a small network.
 
     python tools/bench_infer.py [--device cpu|cuda] [--rounds N] [--json]
+    python tools/bench_infer.py --parts speed --speed-shape 336,1024,1024 --rounds 1 --json
+        # a job large enough (8,400 windows) for predict's default to compile the network
 """
 from __future__ import annotations
 
@@ -104,13 +108,13 @@ def equivalence(device) -> float:
 
 
 # -- 2. speed ----------------------------------------------------------------------------------
-def ours_end_to_end(ckpt, src, out, batch, device) -> float:
+def ours_end_to_end(ckpt, src, out, batch, device, compile="auto") -> float:
     from masktwins_bio.inference.predict import PredictOptions, predict_volume
 
     t = time.perf_counter()
     # amp off: the peer runs float32 and autocast would move results past 1e-4.
-    predict_volume(ckpt, src, out, PredictOptions(batch_size=batch, amp=False), device=device,
-                   overwrite=True, quiet=True)
+    predict_volume(ckpt, src, out, PredictOptions(batch_size=batch, amp=False, compile=compile),
+                   device=device, overwrite=True, quiet=True)
     _sync(device)
     return time.perf_counter() - t
 
@@ -199,11 +203,11 @@ def _hopeless(name: str, times: dict) -> bool:
     return bool(siblings) and min(times[name]) > 2 * min(siblings)
 
 
-def speed(work: Path, device, rounds: int, batch: int, shape) -> dict:
+def speed(work: Path, device, rounds: int, batch: int, shape, compile: str = "auto") -> dict:
     from masktwins_bio.inference.forward import Predictor
     from masktwins_bio.inference.model_io import load_model
     from masktwins_bio.inference.plan import default_block, make_plan
-    from masktwins_bio.inference.predict import cpu_cores, parallelism
+    from masktwins_bio.inference.predict import cpu_cores, parallelism, resolve_compile
 
     roi = (256, 256)
     ckpt = write_checkpoint(work / "unet2d.pt", 2, roi)
@@ -213,7 +217,14 @@ def speed(work: Path, device, rounds: int, batch: int, shape) -> dict:
         write_zarr(src, shape, (8, 256, 256))
     plan = make_plan(shape, roi, 2, 0.25, None, batch)
     loaded = load_model(ckpt, device)
-    fast = Predictor(loaded.model, 2, roi, device)   # our forward variant (see forward.py)
+    # Our forward variant (forward.py), compiled when predict's rule compiles this job. Built
+    # before any timed run: a compile here also fills torch's kernel cache, so the timed runs of
+    # `ours` pay what every run after a machine's first one pays (compile_seconds: this build).
+    compiled = resolve_compile(compile, torch.device(device), 2, plan.n_windows) == "on"
+    t = time.perf_counter()
+    fast = Predictor(loaded.model, 2, roi, device, compile=compiled, batch_size=batch,
+                     amp=False, quiet=True)
+    compile_seconds = time.perf_counter() - t if compiled else 0.0
     eager = loaded.model.eval()
     cores = cpu_cores() if torch.device(device).type == "cpu" else torch.get_num_threads()
     threads, streams = parallelism(torch.device(device), None, None)
@@ -231,7 +242,7 @@ def speed(work: Path, device, rounds: int, batch: int, shape) -> dict:
         return _threaded(t, lambda: forward_only(fn, plan.n_windows, batch, roi, device, k))
 
     runs = {"ours": lambda: ours_end_to_end(ckpt, str(src), str(work / "ours.zarr"), batch,
-                                            device)}
+                                            device, compile)}
     # Every peer setting gets both thread layouts and is credited with its best. A short pilot
     # first: a layout whose forward is over twice as slow per window as the other (a 2-thread
     # OpenMP run on a loaded machine can be ten times slower) cannot be the best; skip it.
@@ -264,6 +275,9 @@ def speed(work: Path, device, rounds: int, batch: int, shape) -> dict:
             times[name].append(fn())
             cpu[name].append(_cpu_seconds() - c)
     best = {k: min(v) for k, v in times.items()}
+    peer = next((work / f"m{b}_{t}.zarr" for b in (batch, 1) for t in layouts
+                 if (work / f"m{b}_{t}.zarr").exists()), None)
+    diff = _max_diff(work / "ours.zarr", peer) if peer else float("nan")
 
     def best_of(prefix):
         return min(v for k, v in best.items() if k.split("@")[0] == prefix)
@@ -271,6 +285,8 @@ def speed(work: Path, device, rounds: int, batch: int, shape) -> dict:
     ours = best["ours"]
     cpu_best = {k: min(v) for k, v in cpu.items()}
     return {"windows": plan.n_windows, "seconds": {k: round(v, 2) for k, v in best.items()},
+            "forward_variant": fast.variant, "compile_seconds": round(compile_seconds, 1),
+            "max_abs_diff_timed_outputs": diff,
             "skipped_slower_than_2x": skipped,
             "cpu_seconds": {k: round(v, 2) for k, v in cpu_best.items()},
             "streams": streams, "threads": threads,
@@ -278,6 +294,13 @@ def speed(work: Path, device, rounds: int, batch: int, shape) -> dict:
             "speedup_vs_monai_default": best_of("monai_default") / ours,
             "fraction_of_forward": best_of("forward") / ours,
             "fraction_of_eager_forward": best_of("eager_forward") / ours}
+
+
+def _max_diff(a: Path, b: Path) -> float:
+    """max |a - b| of two zarr arrays of the same shape, slab by slab."""
+    import zarr
+    x, y = zarr.open_array(str(a), mode="r"), zarr.open_array(str(b), mode="r")
+    return max(float(np.abs(x[z:z + 8] - y[z:z + 8]).max()) for z in range(0, x.shape[0], 8))
 
 
 # -- 3. memory ---------------------------------------------------------------------------------
@@ -324,6 +347,8 @@ def main() -> int:
     p.add_argument("--memory-gb", type=float, default=4.3, help="size of the big volume")
     p.add_argument("--memory-dtype", default="float32", choices=("uint8", "float32"))
     p.add_argument("--threads", type=int, default=None, help="torch threads for everything")
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="predict's --compile for ours (auto: 2D CPU jobs of >= 8192 windows)")
     p.add_argument("--workdir", default=None, help="keep volumes here between runs")
     p.add_argument("--parts", default="equivalence,speed,memory",
                    help="comma-separated parts to run")
@@ -341,13 +366,15 @@ def main() -> int:
     diff = equivalence(device) if "equivalence" in parts else float("nan")
     torch.backends.cudnn.allow_tf32 = True  # the speed part: PyTorch's default, for all methods
     print(f"equivalence: max |ours - MONAI| = {diff:.2e}")
-    sp = speed(work, device, args.rounds, args.batch, shape) if "speed" in parts else None
+    sp = (speed(work, device, args.rounds, args.batch, shape, args.compile)
+          if "speed" in parts else None)
     if sp is None:
         sp = {k: float("nan") for k in ("speedup_vs_monai", "speedup_vs_monai_default",
                                         "fraction_of_forward", "fraction_of_eager_forward")}
         sp.update({"windows": 0, "seconds": {}, "streams": 0, "threads": 0})
     print(f"speed ({shape}, {sp['windows']} windows of 256x256, batch {args.batch}; ours: "
-          f"{sp['streams']} streams x {sp['threads']} threads; name@threads): "
+          f"{sp['streams']} streams x {sp['threads']} threads, forward "
+          f"{sp.get('forward_variant')} (built in {sp.get('compile_seconds')} s); name@threads): "
           f"seconds {sp['seconds']}")
     if sp.get("skipped_slower_than_2x"):
         print(f"  skipped after the pilot (times slower per window than the same method's "
@@ -357,7 +384,8 @@ def main() -> int:
     print(f"  ours / MONAI(batch {args.batch}) {sp['speedup_vs_monai']:.2f}x, ours / MONAI"
           f"(batch 1) {sp['speedup_vs_monai_default']:.2f}x, fraction of our forward "
           f"{sp['fraction_of_forward']:.2f}, of the eager forward "
-          f"{sp['fraction_of_eager_forward']:.2f}")
+          f"{sp['fraction_of_eager_forward']:.2f}; max |ours - MONAI| of the timed outputs "
+          f"{sp.get('max_abs_diff_timed_outputs', float('nan')):.1e}")
     mem = {} if "memory" not in parts else memory(work, device, args.memory_gb, args.memory_dtype)
     if mem:
         print(f"memory: peak RSS {mem['big']:.2f} GB on {mem['big_gb']:.2f} GB "
@@ -373,6 +401,9 @@ def main() -> int:
               "device": torch.cuda.get_device_name(0) if device == "cuda" else
               f"cpu ({sp['streams'] * (sp['threads'] or 1)} cores)",
               "fraction_of_eager_forward": round(sp["fraction_of_eager_forward"], 3),
+              "forward_variant": sp.get("forward_variant"),
+              "max_abs_diff_timed_outputs": sp.get("max_abs_diff_timed_outputs"),
+              "compile_seconds": sp.get("compile_seconds"),
               "seconds": sp["seconds"], "cpu_seconds": sp.get("cpu_seconds"),
               "skipped": sp.get("skipped_slower_than_2x")}
     result["load_average"] = [round(v, 2) for v in os.getloadavg()]
