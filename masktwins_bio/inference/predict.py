@@ -120,9 +120,10 @@ _LEGACY = {"compile": "off"}
 
 def _check_resume(out: Path, run: dict, new: dict) -> None:
     for key, value in new.items():
-        if run.get(key, _LEGACY.get(key)) != value:
+        before = run.get(key, _LEGACY.get(key))
+        if before != value:
             raise InputError(f"The output '{out}' was started with another {key} "
-                             f"({run.get(key)!r}, now {value!r}); resume with the same settings "
+                             f"({before!r}, now {value!r}); resume with the same settings "
                              "or pass --overwrite to start again.")
 
 
