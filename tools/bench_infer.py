@@ -275,8 +275,9 @@ def speed(work: Path, device, rounds: int, batch: int, shape, compile: str = "au
             times[name].append(fn())
             cpu[name].append(_cpu_seconds() - c)
     best = {k: min(v) for k, v in times.items()}
-    peer = next((work / f"m{b}_{t}.zarr" for b in (batch, 1) for t in layouts
-                 if (work / f"m{b}_{t}.zarr").exists()), None)
+    ran = {"monai": batch, "monai_default": 1}  # outputs written by this call's peer runs
+    peer = next((work / f"m{ran[k.split('@')[0]]}_{k.split('@')[1]}.zarr" for k in times
+                 if k.split("@")[0] in ran and times[k]), None)
     diff = _max_diff(work / "ours.zarr", peer) if peer else float("nan")
 
     def best_of(prefix):
