@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from masktwins_bio.config import METHODS, build_config, load_yaml  # noqa: E402
+from masktwins_bio.inference.ledger import write_json_atomic  # noqa: E402
 
 CACHE = ROOT / "tools" / "results" / "uda"
 METRICS = ("iou", "f1", "mcc", "map")
@@ -172,9 +173,7 @@ def write_table_file(args, iters: int) -> Path:
         name += "_" + hashlib.sha256(tag.encode()).hexdigest()[:8]
     out = CACHE / args.direction / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    write_json_atomic(out, result)
     return out
 
 
@@ -211,9 +210,7 @@ def main() -> int:
                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "config": cfg.to_dict(), **result}
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            tmp.replace(path)
+            write_json_atomic(path, record)
             print(f"  {method} seed {seed}: IoU {100 * result['metrics']['iou']:.1f} "
                   f"in {result['seconds']:.0f} s", flush=True)
     table = assemble(args.direction, methods, seeds, keys)

@@ -107,45 +107,40 @@ class Predictor:
             self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported()
                               else torch.float16)
         self.fixed_batch: int | None = None  # the one batch size a compiled network runs
-        self.variant = forward_variant(self.device, dims, optimize, compile)
-        if self.variant == "compiled":
-            self._use_compiled(model, int(batch_size))
-        self.channels_last = self.variant not in ("eager", "compiled") or (
-            self.variant == "compiled" and self.device.type == "cuda")
-        if self.variant != "compiled":
-            self.model = model.to(memory_format=self.fmt) if self.channels_last else model
-        if self.variant == "frozen-channels-last":
-            example = torch.randn((2, 1, *self.window)).contiguous(memory_format=self.fmt)
-            self.model = _freeze(self.model, example, self.fmt) or self.model
+        self._eager = model
+        if not (forward_variant(self.device, dims, optimize, compile) == "compiled"
+                and self._use_compiled(model, int(batch_size))):
+            self._use_plain(model, optimize)
         self.flips = [f for k in range(dims + 1)
                       for f in itertools.combinations(range(2, 2 + dims), k)] if tta else [()]
         self.weight = importance_map(self.window).to(self.device)
         self.max_batch: int | None = None  # lowered after a CUDA out-of-memory error
 
-    def _use_compiled(self, model: torch.nn.Module, batch: int) -> None:
-        """Compile ``model`` for batches of ``batch`` windows, or fall back to the rule's
-        uncompiled variant with a note (the run goes on either way)."""
-        self._eager = model
-        on_cuda = self.device.type == "cuda"  # channels-last helps convolutions there only
-        net = model.to(memory_format=self.fmt) if on_cuda else model
-        example = torch.randn((batch, 1, *self.window), device=self.device)
-        example = example.contiguous(memory_format=self.fmt) if on_cuda else example
-        compiled = _compile(net, example, self.amp_dtype)
-        if compiled is not None:
-            self.model, self.fixed_batch = compiled, batch
-            return
-        self.variant = forward_variant(self.device, self.dims, True)
-        if not self.quiet:
-            print("masktwins-bio: torch.compile is not available for this network here; "
-                  "predicting without it.", file=sys.stderr)
-
-    def _drop_compiled(self) -> None:
-        """Back to the uncompiled network (a compiled one holds one batch size only)."""
-        self.variant = forward_variant(self.device, self.dims, True)
+    def _use_plain(self, model: torch.nn.Module, optimize: bool = True) -> None:
+        """Run ``model`` uncompiled, as :func:`forward_variant`'s rule says (any batch size)."""
+        self.variant = forward_variant(self.device, self.dims, optimize)
         self.channels_last = self.variant != "eager"
-        self.model = (self._eager.to(memory_format=self.fmt) if self.channels_last
-                      else self._eager)
+        self.model = model.to(memory_format=self.fmt) if self.channels_last else model
         self.fixed_batch = None
+        if self.variant == "frozen-channels-last":
+            example = torch.randn((2, 1, *self.window)).contiguous(memory_format=self.fmt)
+            self.model = _freeze(self.model, example, self.fmt) or self.model
+
+    def _use_compiled(self, model: torch.nn.Module, batch: int) -> bool:
+        """Compile ``model`` for batches of ``batch`` windows; False (with a note) when that is
+        not possible here, and the caller runs it uncompiled."""
+        self.channels_last = self.device.type == "cuda"  # helps convolutions there only
+        net = model.to(memory_format=self.fmt) if self.channels_last else model
+        example = torch.randn((batch, 1, *self.window), device=self.device)
+        example = example.contiguous(memory_format=self.fmt) if self.channels_last else example
+        compiled = _compile(net, example, self.amp_dtype)
+        if compiled is None:
+            if not self.quiet:
+                print("masktwins-bio: torch.compile is not available for this network here; "
+                      "predicting without it.", file=sys.stderr)
+            return False
+        self.variant, self.model, self.fixed_batch = "compiled", compiled, batch
+        return True
 
     @property
     def window3d(self) -> tuple[int, ...]:
@@ -194,7 +189,7 @@ class Predictor:
                 break
             except torch.cuda.OutOfMemoryError:
                 if self.fixed_batch is not None:  # smaller batches need the plain network
-                    self._drop_compiled()
+                    self._use_plain(self._eager)
                 if step == 1:
                     raise InputError("The GPU ran out of memory on a single window; use "
                                      "--device cpu or a checkpoint with a smaller crop.") from None
