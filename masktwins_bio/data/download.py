@@ -77,8 +77,8 @@ def fetch(remote: RemoteFile, folder: Path, allow_unverified: bool = False, show
     if remote.sha256 is None and not allow_unverified:
         raise InputError(f"No sha256 is recorded for '{remote.name}', so it cannot be verified; "
                          "pass --allow-unverified to download it anyway.")
-    folder.mkdir(parents=True, exist_ok=True)
     final, part = folder / remote.name, folder / f"{remote.name}.part"
+    final.parent.mkdir(parents=True, exist_ok=True)  # names may hold folders: stack1/raw/00.tif
     if final.exists():
         if remote.sha256 is None or sha256_of(final) == remote.sha256:
             return final, remote.sha256 is not None
@@ -209,6 +209,7 @@ def download_dataset(name: str, root=None, *, registry: dict | None = None,
         else:
             work.mkdir(parents=True, exist_ok=True)
             target = work / remote.name
+            target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
                 try:
                     os.link(path, target)

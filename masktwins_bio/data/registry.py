@@ -65,8 +65,24 @@ _LUCCHI_CITE = ("A. Lucchi, K. Smith, R. Achanta, G. Knott, P. Fua, Supervoxel-B
 _EPFL = ("https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/"
          "%20ElectronMicroscopy_Hippocampus")
 _LUCCHI_SHAPE = (165, 768, 1024)
+_VNC_COMMIT = "4a5f051466d24d8dc1e855ab55658bb1b1dcd6bf"
+_VNC_SUMS = Path(__file__).resolve().parents[1] / "resources" / "vnc_stack1.sha256"
 _MITOEM_CITE = ("D. Wei et al., MitoEM Dataset: Large-scale 3D Mitochondria Instance Segmentation "
                 "from EM Images, MICCAI 2020.")
+
+
+def _vnc_files() -> tuple:
+    """Each raw section and mitochondria mask of VNC stack 1, pinned to a commit by sha256."""
+    files = []
+    for line in _VNC_SUMS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            sha, name = line.split()
+            urls = tuple(f"https://{host}/unidesigner/groundtruth-drosophila-vnc/{mid}"
+                         f"{_VNC_COMMIT}/{name}"
+                         for host, mid in (("raw.githubusercontent.com", ""),
+                                           ("github.com", "raw/")))
+            files.append(RemoteFile(name, urls, sha, extract=False))
+    return tuple(files)
 
 
 def _mitoem(tissue: str, raw_urls: tuple, raw_sha: str, lab_urls: tuple, lab_sha: str):
@@ -129,13 +145,10 @@ REGISTRY: dict[str, DatasetEntry] = {e.name: e for e in [
     DatasetEntry(
         name="vnc",
         description="Drosophila L3 VNC, ssTEM, stack 1 with mitochondria masks, 20×1024×1024",
-        # A GitHub branch archive; its hash holds while the 2013 repository is unchanged.
-        files=(RemoteFile("vnc.zip", ("https://github.com/unidesigner/groundtruth-drosophila-vnc"
-                                      "/archive/refs/heads/master.zip",),
-                          "f7bd0db03c86b64440a16b60360ad60c0a4411f89e2c021c7ee2c8d6af3d7e86"),),
-        splits={"train": Split("groundtruth-drosophila-vnc-master/stack1/raw",
-                               "groundtruth-drosophila-vnc-master/stack1/mitochondria",
-                               (20, 1024, 1024))},
+        # The 40 files one by one at a fixed commit: raw file bytes at a commit never change,
+        # unlike GitHub's archives, which are generated on request.
+        files=_vnc_files(),
+        splits={"train": Split("stack1/raw", "stack1/mitochondria", (20, 1024, 1024))},
         voxel_size=(50.0, 4.6, 4.6), licence="CC BY-NC-SA 3.0",
         citation="S. Gerhard, J. Funke, J. Martel, A. Cardona, R. Fetter, Segmented anisotropic "
                  "ssTEM dataset of neural tissue, figshare 2013, doi:10.6084/m9.figshare.856713"),

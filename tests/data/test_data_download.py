@@ -40,7 +40,9 @@ def _png(arr) -> bytes:
 
 GOOD = _zip({**{f"ds/raw/{z:02d}.png": _png(IMG[z]) for z in range(3)},
              **{f"ds/mask/{z:02d}.png": _png(MASK[z]) for z in range(3)}})
-FILES = {"good.zip": GOOD, "corrupt.zip": GOOD[:200] + b"\0" * 300 + GOOD[500:],
+PLAIN = {**{f"plain/raw/{z:02d}.png": _png(IMG[z]) for z in range(3)},
+         **{f"plain/mask/{z:02d}.png": _png(MASK[z]) for z in range(3)}}
+FILES = {**PLAIN, "good.zip": GOOD, "corrupt.zip": GOOD[:200] + b"\0" * 300 + GOOD[500:],
          "evil.zip": _zip({"ds/raw/00.png": _png(IMG[0]), "../evil.txt": b"x"}),
          "notzip.zip": b"plain bytes, no archive"}
 
@@ -153,6 +155,23 @@ def test_unknown_hash_needs_permission_and_stays_unverified(tmp_path, server):
     import json
     record = json.loads((folder / "manifest.json").read_text())
     assert record["files"]["good.zip"]["verified"] is False
+
+
+def test_single_files_in_folders_are_fetched_verified_and_converted(tmp_path, server):
+    """Entries may list plain files with folders in their names (VNC: one file per section)."""
+    files = tuple(RemoteFile(name.replace("plain/", "ds/"), (f"{server}/{name}",),
+                             hashlib.sha256(data).hexdigest(), extract=False)
+                  for name, data in PLAIN.items())
+    registry = {"toy": DatasetEntry(name="toy", description="toy", files=files,
+                                    voxel_size=(40.0, 4.0, 4.0),
+                                    splits={"train": Split("ds/raw", "ds/mask", SHAPE)})}
+    folder = download_dataset("toy", tmp_path, registry=registry, show=False)
+    found = resolve("toy", root=tmp_path, registry=registry)
+    np.testing.assert_array_equal(open_volume(found.image).read(), IMG)
+    np.testing.assert_array_equal(load_labels(found.labels), MASK > 0)
+    import json
+    record = json.loads((folder / "manifest.json").read_text())
+    assert all(f["verified"] for f in record["files"].values()) and len(record["files"]) == 6
 
 
 def test_registry_names_paths_and_cli(tmp_path, monkeypatch, capsys):
