@@ -68,6 +68,13 @@ def commit() -> str:
 
 
 def run_key(direction: str, cfg_dict: dict) -> str:
+    """Hash of the direction and the resolved config, less what the method never reads: the
+    mask settings of methods without masks (tests/train/test_methods.py checks they are
+    unused), so a change of the mask defaults keeps their cached runs."""
+    from masktwins_bio.train.methods import USES_MASKS
+
+    if cfg_dict.get("method") not in USES_MASKS:
+        cfg_dict = {k: v for k, v in cfg_dict.items() if k != "mask"}
     blob = json.dumps({"direction": direction, "config": cfg_dict}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

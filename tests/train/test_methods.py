@@ -64,3 +64,25 @@ def test_confident_only_ignores_unsure_pixels_for_multiclass_too():
     out.loss.backward()
     grad = tgt.grad[0, 0]
     assert grad[:, :4].abs().sum() > 0 and grad[:, 4:].abs().sum() == 0
+
+
+def test_methods_without_masks_ignore_the_mask_settings():
+    """bench_uda keys source-only and mean-teacher runs without the mask section: true only
+    while their step neither reads it nor draws from the mask generator."""
+    from masktwins_bio.train.methods import USES_MASKS
+
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Conv2d(1, 1, 3, padding=1)
+    src_x, src_y = torch.randn(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    tgt = torch.randn(2, 1, 16, 16)
+    for method in ("source-only", "mean-teacher", "mic"):
+        losses, draws = [], []
+        for block, ratio in (([1, 4, 4], 0.5), ([1, 8, 8], 0.3)):
+            cfg = build_config({"method": method, "mask": {"block": block, "ratio": ratio}})
+            gen = torch.Generator().manual_seed(0)
+            out = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y, tgt, tgt,
+                           gen, adapt=True)
+            losses.append(float(out.loss))
+            draws.append(float(torch.rand(1, generator=gen)))
+        same = losses[0] == losses[1] and draws[0] == draws[1]
+        assert same == (method not in USES_MASKS), method
