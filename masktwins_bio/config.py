@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 METHODS = ("source-only", "mean-teacher", "mic", "rmask", "masktwins")
 MODELS = ("unet", "basicunet", "flexibleunet")
+BLOCK_FRACTION = 16  # default mask block: this fraction of the crop side (METHOD.md)
 
 
 @dataclass
@@ -89,7 +90,10 @@ class AugmentConfig:
 @dataclass
 class MaskConfig:
     ratio: float = 0.5                      # fraction of blocks hidden in the first twin
-    block: list = field(default_factory=lambda: [1, 32, 32])  # per axis (z, y, x)
+    # Per axis (z, y, x). None: 1/16 of the crop side per axis, at least 1 (the paper's rule,
+    # 64 px on 1024² crops; one section in z for 2D crops). On 256² crops, 16 px blocks beat
+    # 32 px ones by ~10 IoU on Lucchi -> VNC and were level on VNC -> Lucchi (bench_uda).
+    block: list | None = None
 
 
 @dataclass
@@ -148,6 +152,8 @@ class RunConfig:
     @property
     def block(self) -> tuple[int, ...]:
         """Mask block per spatial axis of the network input (2D drops the z entry)."""
+        if self.mask.block is None:
+            return tuple(max(1, round(c / BLOCK_FRACTION)) for c in self.crop)
         b = [int(v) for v in self.mask.block]
         if len(b) == 1:
             return tuple(b * self.dims)
@@ -277,7 +283,7 @@ def validate(cfg: RunConfig) -> None:
         _check(getattr(cfg, key) >= 1, f"{key}={getattr(cfg, key)} must be at least 1.")
     _check(0.0 < cfg.mask.ratio < 1.0, f"mask.ratio={cfg.mask.ratio} must lie strictly "
            "between 0 and 1.")
-    _check(all(isinstance(b, int) and b >= 1 for b in cfg.mask.block),
+    _check(cfg.mask.block is None or all(isinstance(b, int) and b >= 1 for b in cfg.mask.block),
            f"mask.block={cfg.mask.block} must be whole numbers of at least 1 voxel.")
     cfg.block  # raises on a wrong number of entries
     _check(len(cfg.crop) == cfg.dims and all(int(c) >= 8 for c in cfg.crop),

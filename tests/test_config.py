@@ -18,7 +18,7 @@ def test_defaults_follow_method_md():
     assert cfg.uda.lambda_cm == 0.01 and cfg.uda.ema == 0.999
     # The one measured departure (config.py): confident voxels only, at tau 0.9, for EM.
     assert cfg.uda.tau == 0.9 and cfg.uda.confident_only
-    assert cfg.block == (32, 32) and cfg.crop == (256, 256)
+    assert cfg.block == (16, 16) and cfg.crop == (256, 256)  # 1/16 of the crop side
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -74,6 +74,10 @@ def test_block_per_dims():
     assert build_config({"dims": 3, "mask": {"block": [4, 8, 8]},
                          "data": {"crop": [16, 64, 64]}}).block == (4, 8, 8)
     assert build_config({"mask": {"block": [8]}}).block == (8, 8)
+    # No block given: 1/16 of the crop per axis, at least one voxel (one section in z).
+    assert build_config({"data": {"crop": [512, 384]}}).block == (32, 24)
+    assert build_config({"dims": 3, "data": {"crop": [16, 96, 96]}}).block == (1, 6, 6)
+    assert build_config({"dims": 3}).block == (1, 8, 8)
 
 
 def test_saved_config_round_trips(tmp_path):

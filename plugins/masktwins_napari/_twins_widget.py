@@ -102,7 +102,7 @@ class MaskedTwinsWidget(CheckpointField, Container):
         self._networks, self._networks_key = nets, key
         self._ckpt_info.value = nets.describe()
         cfg = nets.config
-        block = list(cfg.mask.block)[-3:]
+        block = list(cfg.block)[-3:]  # as trained (the default block follows the crop)
         block = [1] * (3 - len(block)) + block
         self._mode.value = "3D" if nets.dims == 3 else "2D"
         self._bz.value, self._by.value, self._bx.value = (int(b) for b in block)
