@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from masktwins_bio.config import METHODS, build_config, load_yaml  # noqa: E402
 from masktwins_bio.inference.ledger import write_json_atomic  # noqa: E402
+from masktwins_bio.train.methods import USES_MASKS  # noqa: E402
 
 CACHE = ROOT / "tools" / "results" / "uda"
 METRICS = ("iou", "f1", "mcc", "map")
@@ -73,8 +74,6 @@ def run_key(direction: str, cfg_dict: dict) -> str:
     """Hash of the direction and the resolved config, less what the method never reads: the
     mask settings of methods without masks (tests/train/test_methods.py checks they are
     unused), so a change of the mask defaults keeps their cached runs."""
-    from masktwins_bio.train.methods import USES_MASKS
-
     if cfg_dict.get("method") not in USES_MASKS:
         cfg_dict = {k: v for k, v in cfg_dict.items() if k != "mask"}
     blob = json.dumps({"direction": direction, "config": cfg_dict}, sort_keys=True)
