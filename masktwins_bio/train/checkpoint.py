@@ -3,7 +3,8 @@
 A run directory holds ``config.yaml``, ``checkpoints/last.pt`` (written every
 ``checkpoint_every`` iterations and at the end) and ``checkpoints/best.pt`` (best validation IoU,
 when target labels were given). Files are written to a temporary name and renamed, so a kill
-leaves the previous checkpoint intact. Loading uses ``weights_only=True``: a checkpoint holds
+leaves the previous checkpoint intact (and, at worst, a half-written temporary that the next resume
+removes). Loading uses ``weights_only=True``: a checkpoint holds
 only tensors and plain Python values, never pickled code.
 """
 from __future__ import annotations
@@ -23,6 +24,35 @@ def save_checkpoint(state: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({"format": FORMAT, **state}, tmp)
     os.replace(tmp, path)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete half-written checkpoints left by processes that were killed mid-save.
+
+    A temporary is named after the writer's pid, so one is stale exactly when that process no
+    longer runs; a live writer's file (another rank, a concurrent run) is left alone.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except ValueError:
+            continue  # not one of ours
+        if pid != os.getpid() and _process_alive(pid):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

@@ -20,7 +20,7 @@ from ..config import RunConfig
 from ..metrics import evaluate_volumes
 from ..models import build_model, load_encoder_weights
 from .augment import photometric
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .device import autocast, autocast_dtype, select_device, to_device
 from .distributed import SINGLE, DistContext, average_gradients, barrier
 from .domains import (STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN, Domain, draw_batch,
@@ -105,6 +105,8 @@ class Trainer:
         self.history = list(state.get("history", []))
 
     def resume(self) -> None:
+        if self.ctx.is_main:
+            remove_stale_temporaries(self.run_dir / "checkpoints")
         self.load_state(load_checkpoint(self.run_dir / "checkpoints" / "last.pt", self.device))
 
     @property

@@ -13,7 +13,7 @@ from masktwins_bio.config import build_config
 from masktwins_bio.data.synthetic import demo_pair
 from masktwins_bio.train.domains import Domain
 from masktwins_bio.train.trainer import Trainer
-from masktwins_bio.train.checkpoint import load_checkpoint
+from masktwins_bio.train.checkpoint import load_checkpoint, remove_stale_temporaries
 
 
 def _weights(run: Path) -> dict:
@@ -91,3 +91,22 @@ def test_resume_after_kill_mid_run(tmp_path, train_args):
                    env=env, check=True, capture_output=True)
     _assert_same(_weights(full), _weights(killed))
     assert not list((killed / "checkpoints").glob("*.tmp"))
+
+
+def test_half_written_checkpoints_of_dead_writers_are_removed(tmp_path):
+    # A kill during torch.save leaves '.last.pt.<pid>.tmp'; resume removes it, but never the
+    # temporary of a writer that still runs (another rank or run saving right now).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        stale = tmp_path / f".last.pt.{dead.pid}.tmp"
+        busy = tmp_path / f".last.pt.{live.pid}.tmp"
+        foreign = tmp_path / ".notes.tmp"
+        for f in (stale, busy, foreign):
+            f.write_bytes(b"partial")
+        assert remove_stale_temporaries(tmp_path) == [stale]
+        assert not stale.exists() and busy.exists() and foreign.exists()
+    finally:
+        live.kill()
+        live.wait()
