@@ -175,7 +175,11 @@ def _resolve_config(args) -> RunConfig:
             if any(key in layer for layer in layers):
                 setattr(base, key, getattr(new, key))
         return base
-    return build_config(*layers)
+    cfg = build_config(*layers)
+    # The saved config names the block the run trains with, so that the run (and a resume of
+    # it) does not depend on the default rule of the version that reads it back.
+    cfg.mask.block = list(cfg.block)
+    return cfg
 
 
 def _natural_source(layers: list[dict]) -> str | None:

@@ -3,10 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 
 from masktwins_bio.cli import main
-from masktwins_bio.config import METHODS
+from masktwins_bio.config import METHODS, load_yaml
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -52,6 +53,22 @@ def test_trailing_overrides_reach_the_saved_config(tmp_path, train_args):
     assert main(train_args(run, extra=["mask.ratio=0.4", "mask.block=[1,16,16]"])) == 0
     text = (run / "config.yaml").read_text()
     assert "ratio: 0.4" in text and "- 16" in text
+
+
+def test_the_derived_mask_block_is_written_out(tmp_path, train_args, tiny_config):
+    # Without mask.block the block follows the crop (1/16 of its side); the saved config pins
+    # the value, so that a later default rule cannot change what a resume trains with.
+    cfg = load_yaml(tiny_config[2])
+    cfg.pop("mask")
+    (tmp_path / "nomask.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    args = train_args(run)
+    args[args.index("--config") + 1] = str(tmp_path / "nomask.yaml")
+    assert main(args) == 0
+    saved = load_yaml(run / "config.yaml")
+    assert saved["mask"]["block"] == [2, 2]  # 32 px crops / 16
+    resume = args[:args.index("--method")] + ["--out", str(run), "--resume", "--iters", "4"]
+    assert main(resume + ["--device", "cpu", "--quiet"]) == 0
 
 
 def test_evaluate_instances_reports_ap75(tmp_path, capsys):
