@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError
+from .allocator import limit_arenas
 from .engine import pending_works, run_tiles
 from .forward import Predictor
 from .ledger import finished_blocks, ledger_dir, read_run
@@ -185,6 +186,7 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
 
     options = options or PredictOptions()
     options.validate()
+    limit_arenas()  # before any of the job's threads exist (see allocator.py)
     out = Path(output)
     mode = check_output(out, resume, overwrite)
     dev = select_device(device)
