@@ -30,11 +30,12 @@ volume) raise :class:`~masktwins_bio.errors.InputError` with one sentence saying
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, MaskTwinsError
 from .formats import Source, open_source
 from .spec import parse_spec
 
@@ -182,12 +183,13 @@ class Volume:
                           if isinstance(r, slice))
         if 0 in out_shape:
             return np.empty(out_shape, dtype=self.dtype)
-        if self._is_2d:
-            data = np.asarray(self._source.array[self._array_key(reads[1:])])
-            if isinstance(reads[0], slice):
-                data = data[np.newaxis]
-        else:
-            data = np.asarray(self._source.array[self._array_key(reads)])
+        with self._reading():
+            if self._is_2d:
+                data = np.asarray(self._source.array[self._array_key(reads[1:])])
+                if isinstance(reads[0], slice):
+                    data = data[np.newaxis]
+            else:
+                data = np.asarray(self._source.array[self._array_key(reads)])
         data = data.astype(self.dtype, copy=False)
         if any(flips):
             kept = [f for f, r in zip(flips, reads) if isinstance(r, slice)]
@@ -202,8 +204,24 @@ class Volume:
         plans = [_normalise_key(k, self.shape) for k in keys]
         if many is None or self._is_2d or any(any(flips) for _, flips in plans):
             return [self[k] for k in keys]
-        return [np.asarray(d).astype(self.dtype, copy=False)
-                for d in many([self._array_key(reads) for reads, _ in plans])]
+        with self._reading():
+            data = many([self._array_key(reads) for reads, _ in plans])
+        return [np.asarray(d).astype(self.dtype, copy=False) for d in data]
+
+    @contextlib.contextmanager
+    def _reading(self):
+        """Turn a decoder's failure on damaged data (a truncated TIFF strip, a corrupt chunk, a
+        short NIfTI) into one sentence that names the file; the file opened, so its header was
+        fine and the damage is in the data itself."""
+        try:
+            yield
+        except (MaskTwinsError, MemoryError):
+            raise
+        except Exception as err:
+            detail = " ".join(str(err).split())[:160]
+            raise InputError(f"Reading '{self.path}' failed ({type(err).__name__}: {detail}); "
+                             "the file looks damaged or incomplete, so re-export or download "
+                             "it again.") from err
 
     def read(self) -> np.ndarray:
         """The whole volume as a (Z, Y, X) array of ``dtype``."""

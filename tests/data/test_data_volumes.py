@@ -243,3 +243,29 @@ def test_ome_zarr_v04_levels_and_units(tmp_path):
     assert open_volume(f"{tmp_path}/img.ome.zarr:s1").voxel_size == coarse.voxel_size
     with pytest.raises(InputError, match="2 resolution levels"):
         open_volume(f"{tmp_path}/img.ome.zarr#level=5")
+
+
+def _truncated_tiff(path):
+    tifffile.imwrite(path, np.random.default_rng(1).integers(0, 256, (4, 64, 64), np.uint8),
+                     photometric="minisblack")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # header and page table survive, pixels do not
+
+
+def _corrupt_zarr_chunk(path):
+    arr = zarr.create_array(str(path), shape=(4, 32, 32), chunks=(1, 32, 32), dtype="uint8")
+    arr[:] = 7
+    chunk = next(p for p in path.rglob("*") if p.is_file() and p.parent.name == "0"
+                 and p.name == "0")
+    chunk.write_bytes(b"not a compressed chunk at all")
+
+
+@pytest.mark.parametrize("make, spec", [(_truncated_tiff, "v.tif"),
+                                        (_corrupt_zarr_chunk, "v.zarr")])
+@pytest.mark.parametrize("reader", ["auto", "fast"])
+def test_damaged_data_is_one_sentence_naming_the_file(tmp_path, make, spec, reader):
+    make(tmp_path / spec)
+    with pytest.raises(InputError, match=r"Reading '.*v\.(tif|zarr)' failed .*damaged"):
+        with open_volume(str(tmp_path / spec), reader=reader) as vol:
+            vol.read_many([(slice(0, 4), slice(0, 32), slice(0, 32))] * 2)
+            vol.read()
