@@ -50,15 +50,24 @@ def _check_inputs(prob, labels) -> None:
 def _as_prob(p, where: str) -> np.ndarray:
     """Read ``p`` as a float array (float32 or float64, never rounded) and check it is in [0, 1]."""
     p = np.asarray(p)
+    integers = p.dtype.kind in "iu"
     wide = p.dtype.kind == "f" and p.dtype.itemsize >= 8
     p = p.astype(np.float64 if wide else np.float32, copy=False)
     if p.size:
         lo, hi = p.min(), p.max()
         if not (lo >= 0 and hi <= 1):  # also catches NaN, which propagates through min/max
-            found = "contain NaN" if np.isnan(lo) else f"range over [{lo:g}, {hi:g}]"
-            raise InputError(f"The probabilities in {where} {found}; give probabilities in "
-                             "[0, 1] (apply a sigmoid/softmax first).")
+            raise InputError(_range_message(where, lo, hi, integers))
     return p
+
+
+def _range_message(where: str, lo, hi, integers: bool) -> str:
+    if integers:  # whole numbers past 1 are ids or grey values, not probabilities
+        return (f"The prediction in {where} holds whole numbers in [{lo:g}, {hi:g}], which look "
+                "like labels, not probabilities in [0, 1]; pass --instances to score instance "
+                "labels.")
+    found = "contain NaN" if np.isnan(lo) else f"range over [{lo:g}, {hi:g}]"
+    return (f"The probabilities in {where} {found}; give probabilities in [0, 1] (apply a "
+            "sigmoid/softmax first).")
 
 
 def _counts(pred: np.ndarray, lab: np.ndarray) -> np.ndarray:

@@ -19,20 +19,30 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import sys
+
+    try:
+        return _run_instances(args) if args.instances else _run_probabilities(args)
+    except KeyboardInterrupt:  # evaluate writes nothing, so there is nothing to resume
+        print("masktwins-bio: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+def _run_probabilities(args) -> int:
     from ..data.volumes import load_labels, open_volume
     from ..errors import InputError
+    from ..inference.probability import evaluate_source
     from ..metrics import evaluate_volumes
 
-    if args.instances:
-        return _run_instances(args)
     if not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold {args.threshold} must lie strictly between 0 and 1.")
-    prob = open_volume(args.prediction)
-    labels = load_labels(args.labels)
-    if tuple(prob.shape) != tuple(labels.shape):
-        raise InputError(f"The prediction has shape {tuple(prob.shape)} but the labels have "
-                         f"shape {tuple(labels.shape)}; give labels of the same volume.")
-    metrics = evaluate_volumes(prob, labels, args.threshold)
+    with open_volume(args.prediction) as vol:
+        prob = evaluate_source(vol, args.prediction)
+        labels = load_labels(args.labels)
+        if tuple(prob.shape) != tuple(labels.shape):
+            raise InputError(f"The prediction has shape {tuple(prob.shape)} but the labels have "
+                             f"shape {tuple(labels.shape)}; give labels of the same volume.")
+        metrics = evaluate_volumes(prob, labels, args.threshold)
     keys = ("map", "f1", "mcc", "iou", "volume_iou", "volume_dice")
     width = max(len(k) for k in keys)
     for key in keys:
@@ -46,10 +56,12 @@ def run(args) -> int:
 def _run_instances(args) -> int:
     """MitoEM protocol: AP at IoU 0.75 between predicted and ground-truth instances."""
     from ..data.volumes import open_volume
+    from ..inference.probability import check_instance_labels
     from ..metrics import instance_ap
 
-    pred, gt = open_volume(args.prediction), open_volume(args.labels)
-    result = instance_ap(pred, gt, iou_threshold=0.75)
+    with open_volume(args.prediction) as pred, open_volume(args.labels) as gt:
+        check_instance_labels(pred, args.prediction)
+        result = instance_ap(pred, gt, iou_threshold=0.75)
     print(f"AP-75  {100 * result['ap']:6.2f}  ({result['tp']} TP, {result['fp']} FP, "
           f"{result['fn']} FN; {result['n_pred']} predicted, {result['n_gt']} true instances)")
     if args.json:

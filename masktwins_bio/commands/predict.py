@@ -3,7 +3,8 @@
 The volume is read block by block, predicted with gaussian-blended sliding windows (MONAI's
 grid and weights) and written chunk by chunk; a ledger inside the output lets ``--resume``
 finish a killed run with identical bytes. ``*.ome.zarr`` outputs are OME-Zarr images (with
-``labels/mask`` for ``--threshold``); other names are a plain zarr array of probabilities.
+``labels/mask`` for ``--threshold``); other ``*.zarr`` names are a plain zarr array of
+probabilities.
 """
 from __future__ import annotations
 

@@ -32,38 +32,81 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
+    import sys
 
-    from ..data.volumes import open_volume
-    from ..errors import InputError
-    from ..inference.instances import label_volume, seeded_watershed
-    from .predict import _block
+    from ..inference.outputs import output_path
 
-    if not 0.0 < args.threshold < 1.0:
-        raise InputError(f"--threshold {args.threshold} must lie strictly between 0 and 1.")
-    block = _block(args.block) if args.block else None
-    with open_volume(args.input) as prob:
-        if np.dtype(prob.dtype).kind not in "fu":
-            raise InputError(f"'{args.input}' holds {prob.dtype} values, not probabilities; "
-                             "give the output of `masktwins-bio predict`.")
-        if args.method == "cc":
-            summary = label_volume(prob, args.output, args.threshold, args.connectivity, block,
-                                   args.min_size, args.overwrite, prob.voxel_size)
-        else:
-            summary = seeded_watershed(prob, args.output, args.threshold, args.seed_threshold,
-                                       args.halo, block, args.overwrite, prob.voxel_size)
-    print(f"wrote {args.output}: {summary['instances']} instances "
+    block = _check_options(args)
+    out = output_path(args.output, [args.input, args.labels], "labels.zarr")
+    try:
+        summary = _segment(args, out, block)
+    except KeyboardInterrupt:
+        # segment has no --resume: its labels appear whole or not at all (staged_output).
+        print(f"masktwins-bio: interrupted; '{out}' was not written (an older one is kept as "
+              "it was), so run segment again.", file=sys.stderr)
+        return 130
+    print(f"wrote {out}: {summary['instances']} instances "
           f"({summary['blocks']} blocks of {tuple(summary['block'])})")
     result = {"instances": summary["instances"]}
     if args.labels:
-        from ..metrics import instance_ap
-        with open_volume(args.output) as pred, open_volume(args.labels) as gt:
-            if tuple(pred.shape) != tuple(gt.shape):
-                raise InputError(f"The labels have shape {tuple(gt.shape)} but the volume has "
-                                 f"{tuple(pred.shape)}; give labels of the same volume.")
-            ap = instance_ap(pred, gt, 0.75)
-        print(f"AP-75 {100 * ap['ap']:.2f}  (tp {ap['tp']}, fp {ap['fp']}, fn {ap['fn']})")
-        result.update({"ap75": ap["ap"], "tp": ap["tp"], "fp": ap["fp"], "fn": ap["fn"]})
+        try:
+            result.update(_score(out, args.labels))
+        except KeyboardInterrupt:
+            print(f"masktwins-bio: interrupted; the labels in '{out}' are complete, only their "
+                  "AP-75 was not computed.", file=sys.stderr)
+            return 130
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _check_options(args):
+    """The parsed --block once every value is usable; runs before any file is opened."""
+    from ..inference.instances import check_segment_options
+    from .predict import _block
+
+    seeds = args.seed_threshold if args.method == "watershed" else None
+    check_segment_options(args.threshold, args.connectivity, args.min_size, args.halo, seeds)
+    return _block(args.block) if args.block else None
+
+
+def _segment(args, out, block) -> dict:
+    """Labels of ``args.input`` at ``out``; the input is checked (dtype, a sample of blocks,
+    the shape of --labels) before anything is written."""
+    from ..data.volumes import open_volume
+    from ..inference.instances import DEFAULT_BLOCK, label_volume, seeded_watershed
+    from ..inference.outputs import check_new_output
+    from ..inference.probability import segment_source
+
+    check_new_output(out, args.overwrite)
+    with open_volume(args.input) as vol:
+        prob = segment_source(vol, args.input)
+        if args.labels:
+            _check_label_shape(args.labels, vol.shape)
+        prob.check_sample(tuple(min(b, n) for b, n in zip(block or DEFAULT_BLOCK, vol.shape)))
+        if args.method == "cc":
+            return label_volume(prob, out, args.threshold, args.connectivity, block,
+                                args.min_size, args.overwrite, vol.voxel_size)
+        return seeded_watershed(prob, out, args.threshold, args.seed_threshold, args.halo,
+                                block, args.overwrite, vol.voxel_size)
+
+
+def _check_label_shape(labels: str, shape) -> None:
+    from ..data.volumes import open_volume
+    from ..errors import InputError
+
+    with open_volume(labels) as gt:
+        if tuple(gt.shape) != tuple(shape):
+            raise InputError(f"The labels have shape {tuple(gt.shape)} but the volume has "
+                             f"{tuple(shape)}; give labels of the same volume.")
+
+
+def _score(out, labels: str) -> dict:
+    """MitoEM AP-75 of the written labels against --labels."""
+    from ..data.volumes import open_volume
+    from ..metrics import instance_ap
+
+    with open_volume(out) as pred, open_volume(labels) as gt:
+        ap = instance_ap(pred, gt, 0.75)
+    print(f"AP-75 {100 * ap['ap']:.2f}  (tp {ap['tp']}, fp {ap['fp']}, fn {ap['fn']})")
+    return {"ap75": ap["ap"], "tp": ap["tp"], "fp": ap["fp"], "fn": ap["fn"]}

@@ -18,13 +18,20 @@ inside the mask may stay background).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from .outputs import check_new_output, check_parent
+
+DEFAULT_BLOCK = (64, 256, 256)
 
 
 class UnionFind:
@@ -69,30 +76,22 @@ def _threshold_for(source, threshold: float) -> float:
     return threshold * 255 if np.dtype(source.dtype) == np.uint8 else threshold
 
 
-def create_labels(path: Path, shape, block, dtype="uint32", voxel_size=None, overwrite=False):
-    """An empty label array at ``path`` (OME-Zarr image when the name ends in .ome.zarr)."""
-    import shutil
-
+def create_labels(path: Path, shape, block, dtype="uint32", voxel_size=None, name=None):
+    """An empty label array at the new ``path`` (an OME-Zarr image when ``name``, by default
+    the path's own name, ends in .ome.zarr)."""
     import zarr
     from zarr.codecs import BloscCodec
 
     from ..data.ome_zarr import multiscales_meta
 
     path = Path(path)
-    if path.exists():
-        if not overwrite:
-            raise InputError(f"The output '{path}' exists; pass --overwrite to replace it or "
-                             "choose another path.")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if not path.parent.is_dir():
-        raise InputError(f"The folder '{path.parent}' of the output does not exist; create it "
-                         "or choose another output path.")
-    ome = path.name.lower().endswith(".ome.zarr")
+    name = name or path.name
+    ome = name.lower().endswith(".ome.zarr")
     try:
-        root = zarr.open_group(str(path), mode="w", zarr_format=3) if ome else None
+        root = zarr.open_group(str(path), mode="w-", zarr_format=3) if ome else None
         if ome:
             root.attrs["ome"] = {"version": "0.5", "multiscales": [
-                multiscales_meta(path.name, 1, voxel_size)]}
+                multiscales_meta(name, 1, voxel_size)]}
         return zarr.create_array(
             store=str(path / "0") if ome else str(path), shape=tuple(shape),
             chunks=tuple(block), dtype=dtype, fill_value=0, dimension_names=("z", "y", "x"),
@@ -100,6 +99,55 @@ def create_labels(path: Path, shape, block, dtype="uint32", voxel_size=None, ove
     except OSError as err:
         raise InputError(f"Cannot write '{path}' ({err.strerror}); choose a writable "
                          "location.") from None
+
+
+@contextlib.contextmanager
+def staged_output(output, overwrite: bool = False):
+    """Yield a hidden sibling path to write the labels to; it becomes ``output`` only when the
+    ``with`` block ends without error, and an older ``output`` (a zarr store, never a user's
+    file: :func:`.outputs.check_new_output`) is removed only then. On any failure, Ctrl-C
+    included, the half-written labels are removed and an older output is left as it was."""
+    output = Path(output)
+    check_parent(output)
+    check_new_output(output, overwrite)
+    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        yield tmp
+        _swap_into_place(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_segment_options(threshold: float, connectivity: int = 1, min_size: int = 0,
+                          halo: int = 0, seed_threshold: float | None = None) -> None:
+    """InputError for a value no segmentation can use; called before any output is touched."""
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"--threshold {threshold} must lie strictly between 0 and 1.")
+    if connectivity not in (1, 2, 3):
+        raise InputError(f"--connectivity {connectivity} must be 1, 2 or 3.")
+    if min_size < 0:
+        raise InputError(f"--min-size {min_size} must be 0 or more voxels.")
+    if halo < 0:
+        raise InputError(f"--halo {halo} must be 0 or more voxels.")
+    if seed_threshold is not None and not threshold < seed_threshold < 1:
+        raise InputError(f"--seed-threshold {seed_threshold} must lie between --threshold "
+                         f"{threshold} and 1.")
+
+
+def _block_size(block, shape) -> tuple:
+    if block is not None and (len(block) != 3 or min(block) < 1):
+        raise InputError(f"--block {block} must give three positive sizes z,y,x.")
+    return tuple(min(b, s) for b, s in zip(block or DEFAULT_BLOCK, shape))
 
 
 def _label_blocks(source, out, threshold, connectivity, block):
@@ -164,12 +212,20 @@ def _face_pairs(out, shape, block, axis, p, offsets, connectivity):
 def label_volume(source, output, threshold: float = 0.5, connectivity: int = 1,
                  block: tuple | None = None, min_size: int = 0, overwrite: bool = False,
                  voxel_size=None) -> dict:
-    """Connected components of ``source > threshold`` written to ``output`` (uint32 zarr)."""
-    if connectivity not in (1, 2, 3):
-        raise InputError(f"--connectivity {connectivity} must be 1, 2 or 3.")
+    """Connected components of ``source > threshold`` written to ``output`` (uint32 zarr).
+
+    ``output`` appears only once complete (:func:`staged_output`)."""
+    check_segment_options(threshold, connectivity, min_size)
     shape = tuple(source.shape)
-    block = tuple(min(b, s) for b, s in zip(block or (64, 256, 256), shape))
-    out = create_labels(output, shape, block, "uint32", voxel_size, overwrite)
+    block = _block_size(block, shape)
+    with staged_output(output, overwrite) as tmp:
+        out = create_labels(tmp, shape, block, "uint32", voxel_size, Path(output).name)
+        return _label_into(source, out, threshold, connectivity, block, min_size)
+
+
+def _label_into(source, out, threshold, connectivity, block, min_size) -> dict:
+    """The three passes of :func:`label_volume` into the empty label array ``out``."""
+    shape = tuple(source.shape)
     counts, sizes = _label_blocks(source, out, _threshold_for(source, threshold), connectivity,
                                   block)
     order = list(_blocks(shape, block))
@@ -208,34 +264,37 @@ def label_volume(source, output, threshold: float = 0.5, connectivity: int = 1,
 def seeded_watershed(source, output, threshold: float = 0.5, seed_threshold: float = 0.9,
                      halo: int = 16, block: tuple | None = None, overwrite: bool = False,
                      voxel_size=None) -> dict:
-    """Seeds = components of ``p > seed_threshold``; grown through ``p > threshold`` per block."""
-    import shutil
-    import uuid
+    """Seeds = components of ``p > seed_threshold``; grown through ``p > threshold`` per block.
 
-    from skimage.segmentation import watershed
-
-    if not 0 < threshold < seed_threshold < 1:
-        raise InputError(f"--seed-threshold {seed_threshold} must lie between --threshold "
-                         f"{threshold} and 1.")
+    ``output`` appears only once complete (:func:`staged_output`)."""
+    check_segment_options(threshold, halo=halo, seed_threshold=seed_threshold)
     output = Path(output)
     shape = tuple(source.shape)
-    block = tuple(min(b, s) for b, s in zip(block or (64, 256, 256), shape))
-    seeds_path = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.seeds.zarr")
-    try:
-        seeded = label_volume(source, seeds_path, seed_threshold, 1, block)
-        import zarr
-        seeds = zarr.open_array(str(seeds_path), mode="r")
-        out = create_labels(output, shape, block, "uint32", voxel_size, overwrite)
-        t = _threshold_for(source, threshold)
-        for b in _blocks(shape, block):
-            inner = _slices(b, block, shape)
-            outer = tuple(slice(max(s.start - halo, 0), min(s.stop + halo, n))
-                          for s, n in zip(inner, shape))
-            prob = np.asarray(source[outer], dtype=np.float32)
-            grown = watershed(-prob, markers=np.asarray(seeds[outer]), mask=prob > t)
-            crop = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
-            out[inner] = grown[crop].astype(np.uint32)
-    finally:
-        shutil.rmtree(seeds_path, ignore_errors=True)
+    block = _block_size(block, shape)
+    with staged_output(output, overwrite) as tmp:
+        seeds_path = tmp.with_name(f"{tmp.name}.seeds.zarr")
+        try:
+            seeded = label_volume(source, seeds_path, seed_threshold, 1, block)
+            out = create_labels(tmp, shape, block, "uint32", voxel_size, output.name)
+            _grow(source, seeds_path, out, _threshold_for(source, threshold), halo, block)
+        finally:
+            shutil.rmtree(seeds_path, ignore_errors=True)
     return {"instances": seeded["instances"], "blocks": math.prod(
         -(-n // c) for n, c in zip(shape, block)), "block": block}
+
+
+def _grow(source, seeds_path, out, t: float, halo: int, block) -> None:
+    """Watershed of every block (with ``halo`` voxels of context) from the stored seeds."""
+    import zarr
+    from skimage.segmentation import watershed
+
+    seeds = zarr.open_array(str(seeds_path), mode="r")
+    shape = tuple(source.shape)
+    for b in _blocks(shape, block):
+        inner = _slices(b, block, shape)
+        outer = tuple(slice(max(s.start - halo, 0), min(s.stop + halo, n))
+                      for s, n in zip(inner, shape))
+        prob = np.asarray(source[outer], dtype=np.float32)
+        grown = watershed(-prob, markers=np.asarray(seeds[outer]), mask=prob > t)
+        crop = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
+        out[inner] = grown[crop].astype(np.uint32)

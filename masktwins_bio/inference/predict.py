@@ -8,6 +8,7 @@ tiles of the volume, so dask workers receive it and reload only the model (once 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,9 +20,10 @@ from .allocator import limit_arenas
 from .engine import pending_works, run_tiles
 from .forward import Predictor
 from .ledger import finished_blocks, ledger_dir, read_run
+from .outputs import output_path
 from .plan import ACC_BUDGET, BlockPlan, make_plan
-from .store import (DTYPES, OutputSpec, ZarrSink, check_output, completed, create_output,
-                    finalize_output)
+from .store import (DTYPES, OutputSpec, ZarrSink, check_layout, check_output, completed,
+                    create_output, finalize_output)
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,12 @@ class PredictJob:
     options: PredictOptions = field(default_factory=PredictOptions)
 
 
-def _fingerprint(job: PredictJob, shape, iteration: int) -> dict:
+def _fingerprint(job: PredictJob, shape, iteration: int, checkpoint_sha256: str) -> dict:
     o = job.options
     plan = job.plan.to_dict()
     return {"input": job.input, "input_shape": list(shape),
             "checkpoint": job.checkpoint, "iteration": iteration,
+            "checkpoint_sha256": checkpoint_sha256,
             "overlap": plan.pop("overlap"), "block": plan.pop("block"),
             "batch_size": plan.pop("batch_size"), "plan": plan, "tta": o.tta,
             "dtype": o.dtype, "threshold": o.threshold, "amp": o.amp, "optimize": o.optimize,
@@ -117,11 +120,19 @@ def _fingerprint(job: PredictJob, shape, iteration: int) -> dict:
 
 # Fingerprint entries that outputs begun before the entry existed were made with.
 _LEGACY = {"compile": "off"}
+# Entries such outputs cannot tell: a resume of one of them is not refused for lack of them.
+_UNKNOWN_BEFORE = ("checkpoint_sha256",)
 
 
 def _check_resume(out: Path, run: dict, new: dict) -> None:
     for key, value in new.items():
+        if key not in run and key in _UNKNOWN_BEFORE:
+            continue
         before = run.get(key, _LEGACY.get(key))
+        if before != value and key == "checkpoint_sha256":
+            raise InputError(f"The checkpoint '{new['checkpoint']}' is not the one '{out}' was "
+                             "started with (same path, other contents); resume with that "
+                             "checkpoint or pass --overwrite to start again.")
         if before != value:
             raise InputError(f"The output '{out}' was started with another {key} "
                              f"({before!r}, now {value!r}); resume with the same settings "
@@ -169,6 +180,37 @@ def _progress(total: int, done: int, quiet: bool):
     return bar.update, bar.close
 
 
+def _check_job(options: PredictOptions, input_spec, checkpoint, output, resume: bool,
+               overwrite: bool, dask: str | None, streams: int | None):
+    """(output path, mode) once every option that can be checked without the model and the
+    volume is fine; nothing is created or removed before this returns."""
+    from .cluster import check_address
+
+    options.validate()
+    if streams is not None and streams < 1:
+        raise InputError(f"--streams {streams} must be at least 1.")
+    if dask:
+        check_address(dask)
+    out = output_path(output, [input_spec, checkpoint],
+                      "pred.ome.zarr" if options.threshold is not None else "pred.zarr")
+    check_layout(OutputSpec(out, options.dtype, options.threshold))
+    return out, check_output(out, resume, overwrite)
+
+
+def _state_dict_error(err: RuntimeError) -> str:
+    """torch's load_state_dict error in a few whole words: the first mismatched shape, or the
+    first line of the message cut at a word."""
+    text = str(err)
+    found = re.search(r"size mismatch for (\S+): copying a param with shape "
+                      r"torch\.Size\((\[.*?\])\) from checkpoint, the shape in current model "
+                      r"is torch\.Size\((\[.*?\])\)", text)
+    if found:
+        name, saved, built = found.groups()
+        return f"{name} is saved with shape {saved} but the config builds {built}"
+    line = next((t.strip() for t in text.splitlines()[1:] if t.strip()), text.strip())
+    return line if len(line) <= 120 else line[:120].rsplit(" ", 1)[0].rstrip(",:;") + " ..."
+
+
 def predict_volume(checkpoint, input_spec, output, options: PredictOptions | None = None,
                    device="auto", which: str = "auto", resume: bool = False,
                    overwrite: bool = False, dask: str | None = None,
@@ -176,29 +218,27 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     """Predict ``input_spec`` with ``checkpoint`` into ``output``; returns a summary dict.
 
     ``output`` ending in ``.ome.zarr`` gets an OME-Zarr image (and ``labels/mask`` with a
-    threshold), any other name a plain zarr array. ``dask`` is a scheduler address or
+    threshold), any other ``*.zarr`` name a plain zarr array. ``dask`` is a scheduler address or
     ``local:N``. ``streams`` None picks the CPU default of :func:`parallelism`.
     """
     from ..data.stats import volume_stats
     from ..data.volumes import open_volume
     from ..train.device import select_device
-    from .model_io import load_model
+    from .model_io import file_sha256, load_model
 
     options = options or PredictOptions()
-    options.validate()
+    out, mode = _check_job(options, input_spec, checkpoint, output, resume, overwrite, dask,
+                           streams)
     limit_arenas()  # before any of the job's threads exist (see allocator.py)
-    out = Path(output)
-    mode = check_output(out, resume, overwrite)
     dev = select_device(device)
     threads, streams = parallelism(dev, options.threads, streams)
     options = replace(options, threads=threads, streams=streams)
     try:
         loaded = load_model(checkpoint, dev, which)
     except RuntimeError as err:  # weights of another shape: channels or width differ
-        first = str(err).splitlines()[-1].strip()
         raise CheckpointError(f"The network in '{checkpoint}' does not match its saved config "
-                              f"({first[:120]}); it does not run on one grey channel, so give a "
-                              "checkpoint trained on grey EM volumes.") from None
+                              f"({_state_dict_error(err)}); it does not run on one grey channel, "
+                              "so give a checkpoint trained on grey EM volumes.") from None
     with open_volume(input_spec) as vol:
         shape, voxel_size, ndim_source = vol.shape, vol.voxel_size, vol.ndim_source
         if loaded.dims == 3 and ndim_source == 2:
@@ -217,7 +257,7 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     job = PredictJob(os.path.abspath(str(input_spec)), str(loaded.path.resolve()), which,
                      OutputSpec(out.resolve(), options.dtype, options.threshold), plan, stats,
                      options)
-    fingerprint = _fingerprint(job, shape, loaded.iteration)
+    fingerprint = _fingerprint(job, shape, loaded.iteration, file_sha256(loaded.path))
     if run is not None:
         _check_resume(out, run, fingerprint)
     if mode == "complete":
@@ -236,22 +276,25 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
 def _predict(job: PredictJob, loaded, dev, mode, fingerprint, voxel_size, shape, device, dask,
              quiet, input_spec) -> dict:
     out, plan, options, stats = job.output.path, job.plan, job.options, job.stats
+    from .cluster import connect, run_on_dask
+
     predictor = make_predictor(loaded, dev, options, quiet)
-    if mode == "new":
-        attrs = {"checkpoint": str(loaded.path), "iteration": loaded.iteration,
-                 "kind": "foreground_probability", "input": str(input_spec)}
-        create_output(job.output, shape, plan.block, voxel_size, attrs,
-                      {**fingerprint, "stats": stats, "options": asdict(options)})
-    done = finished_blocks(out)
-    update, close = _progress(plan.n_blocks, len(done), quiet)
-    try:
-        if dask:
-            from .cluster import run_on_dask
-            run_on_dask(job, dask, done, device=device, progress=update)
-        else:
-            run_job(job, predictor, done=done, progress=update)
-    finally:
-        close()
+    # The cluster is reached before the output exists: an unreachable one leaves nothing behind.
+    with connect(dask) as client:
+        if mode == "new":
+            attrs = {"checkpoint": str(loaded.path), "iteration": loaded.iteration,
+                     "kind": "foreground_probability", "input": str(input_spec)}
+            create_output(job.output, shape, plan.block, voxel_size, attrs,
+                          {**fingerprint, "stats": stats, "options": asdict(options)})
+        done = finished_blocks(out)
+        update, close = _progress(plan.n_blocks, len(done), quiet)
+        try:
+            if client is not None:
+                run_on_dask(job, client, done, device=device, progress=update)
+            else:
+                run_job(job, predictor, done=done, progress=update)
+        finally:
+            close()
     sums = finished_blocks(out)
     if len(sums) < plan.n_blocks:
         raise InputError(f"Only {len(sums)} of {plan.n_blocks} blocks of '{out}' were written; "

@@ -4,8 +4,8 @@ Two layouts, chosen by the output name:
 
 * ``pred.ome.zarr``: an OME-Zarr (NGFF 0.5) image: ``0`` holds the probability, with the input's
   voxel size in the multiscale metadata, and ``labels/mask/0`` the thresholded mask when asked;
-* any other name (``pred.zarr``): a single zarr v3 array of probabilities (the voxel size goes to
-  its attributes), so ``zarr.open_array("pred.zarr")`` reads it directly.
+* any other ``*.zarr`` name (``pred.zarr``): a single zarr v3 array of probabilities (the voxel
+  size goes to its attributes), so ``zarr.open_array("pred.zarr")`` reads it directly.
 
 Chunks are the plan's blocks; each block is written once. The output skeleton is built under a
 temporary name and renamed into place, and the final attributes (``complete``, mean probability)
@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .ledger import LedgerWriter, ledger_dir, read_run, write_json_atomic, write_run
+from .outputs import check_replaceable, check_writable
 
 DTYPES = ("float32", "float16", "uint8")
 
@@ -59,18 +60,15 @@ def completed(out: Path) -> dict | None:
 
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> str:
-    """"new", "resume" or "complete"; InputError when the output must not be touched."""
+    """"new", "resume" or "complete"; InputError when the output must not be touched.
+
+    ``out`` has passed :func:`.outputs.output_path` (name, folder, not an input).
+    """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one.")
-    if not out.exists():
-        parent = out.parent if str(out.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(f"The folder '{parent}' of the output does not exist; create it "
-                             "or choose another output path.")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise InputError(f"Cannot write to '{parent}' (permission denied); choose a "
-                             "writable output location.")
+    if not (out.exists() or out.is_symlink()):
         return "new"
+    check_replaceable(out)  # a file or a folder of other data is never ours to resume or replace
     run = read_run(out)
     if resume:
         if run is None and completed(out) is not None:
@@ -82,14 +80,15 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> str:
     if not overwrite:
         raise InputError(f"The output '{out}' exists; pass --resume to continue it, "
                          "--overwrite to replace it, or choose another path.")
-    if out.is_dir() and run is None and any(out.iterdir()) and not _is_zarr_dir(out):
-        raise InputError(f"'{out}' is a folder that holds no zarr data, so --overwrite will "
-                         "not delete it; choose another output path.")
+    check_writable(out)
     return "new"
 
 
-def _is_zarr_dir(path: Path) -> bool:
-    return any((path / n).exists() for n in ("zarr.json", ".zarray", ".zgroup"))
+def check_layout(spec: OutputSpec) -> None:
+    """Options the output's layout cannot hold (checked before the model is loaded)."""
+    if spec.threshold is not None and not spec.ome:
+        raise InputError(f"A thresholded mask needs an OME-Zarr output; name the output "
+                         f"'{spec.path.name[:-len('.zarr')]}.ome.zarr' or drop --threshold.")
 
 
 def _create_array(path: Path, shape, chunks, dtype, attrs: dict):
@@ -112,9 +111,7 @@ def create_output(spec: OutputSpec, shape, block, voxel_size, attrs: dict, run: 
     from ..data.ome_zarr import multiscales_meta
 
     out = spec.path
-    if spec.threshold is not None and not spec.ome:
-        raise InputError(f"A thresholded mask needs an OME-Zarr output; name the output "
-                         f"'{out.stem}.ome.zarr' or drop --threshold.")
+    check_layout(spec)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     meta = {**attrs, "complete": False, "dtype": spec.dtype,
             "scale": 255 if spec.dtype == "uint8" else 1}
@@ -136,7 +133,7 @@ def create_output(spec: OutputSpec, shape, block, voxel_size, attrs: dict, run: 
             _create_array(tmp, shape, block, spec.dtype, {"masktwins_bio": meta})
         write_run(tmp, run)
         if out.exists():  # --overwrite: the old output goes only once the new one is ready
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+            shutil.rmtree(out)  # a zarr folder (check_output); never a file of the user's
         os.replace(tmp, out)
     except OSError as err:
         raise InputError(f"Cannot write '{out}' ({err.strerror}); choose a writable "

@@ -1,0 +1,244 @@
+"""`segment` and `evaluate` user mistakes: one sentence, exit 2, nothing of the user's lost.
+
+Predictions are written with the store of `predict` itself (no network needed), so they carry
+the same metadata (``complete``, ``scale``) as real ones.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from scipy import ndimage
+
+from masktwins_bio.cli import main
+from masktwins_bio.inference.ledger import finished_blocks
+from masktwins_bio.inference.store import OutputSpec, ZarrSink, create_output, finalize_output
+
+SHAPE = (6, 40, 40)
+
+
+def _prob(seed=0) -> np.ndarray:
+    p = ndimage.gaussian_filter(np.random.default_rng(seed).random(SHAPE), (1, 2, 2))
+    return ((p - p.min()) / (p.max() - p.min())).astype(np.float32)
+
+
+def _prediction(path: Path, p: np.ndarray, dtype="float32", finish=True) -> Path:
+    """``p`` written as `predict` writes it (one block), finished or stopped half-way."""
+    spec = OutputSpec(Path(path), dtype)
+    create_output(spec, p.shape, p.shape, None, {"kind": "foreground_probability"}, {"run": 1})
+    if finish:
+        sink = ZarrSink(spec)
+        sink.write((0, 0, 0), tuple(slice(0, n) for n in p.shape), p)
+        sink.close()
+        finalize_output(spec, finished_blocks(spec.path), p.size)
+    return Path(path)
+
+
+def _array(path: Path, data: np.ndarray) -> Path:
+    zarr.create_array(store=str(path), shape=data.shape, dtype=data.dtype,
+                      chunks=data.shape)[:] = data
+    return path
+
+
+def _segment(src, out, *extra):
+    return main(["segment", "--input", str(src), "--output", str(out), *extra])
+
+
+def _evaluate(pred, labels, *extra):
+    return main(["evaluate", "--prediction", str(pred), "--labels", str(labels), *extra])
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("masktwins-bio: error: "), err
+    return err[0]
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path.parent)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _leftovers(folder: Path) -> list:
+    """Hidden staging folders a failed run would leave beside its output."""
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_segment_never_replaces_its_input_or_user_files(tmp_path, capsys):
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    before = _digest(prob)
+    assert _segment(prob, prob, "--overwrite") == 2
+    assert "its own input" in _error(capsys) and _digest(prob) == before
+    gt = _array(tmp_path / "gt.zarr", np.ones(SHAPE, np.uint32))
+    assert _segment(prob, gt, "--labels", str(gt), "--overwrite") == 2
+    assert "its own input" in _error(capsys)
+    stuff = tmp_path / "userstuff"
+    stuff.mkdir()
+    (stuff / "a.txt").write_text("mine")
+    assert _segment(prob, stuff, "--overwrite") == 2
+    assert "ending in .zarr" in _error(capsys)
+    stuff_zarr = tmp_path / "stuff.zarr"
+    stuff.rename(stuff_zarr)
+    assert _segment(prob, stuff_zarr, "--overwrite") == 2
+    assert "no zarr data" in _error(capsys) and (stuff_zarr / "a.txt").read_text() == "mine"
+    a_file = tmp_path / "file.zarr"
+    a_file.write_text("mine")
+    assert _segment(prob, a_file, "--overwrite") == 2
+    assert "is a file" in _error(capsys) and a_file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--method", "watershed", "--halo", "-1", "--block", "2,20,20"], "--halo"),
+    (["--halo", "-1"], "--halo"),
+    (["--min-size", "-3"], "--min-size"),
+    (["--block", "0,20,20"], "--block"),
+    (["--method", "watershed", "--seed-threshold", "0.4"], "--seed-threshold"),
+])
+def test_options_are_checked_before_any_output_is_touched(tmp_path, capsys, extra, words):
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    keep = tmp_path / "keep.zarr"
+    assert _segment(prob, keep) == 0
+    before = _digest(keep)
+    capsys.readouterr()
+    assert _segment(prob, keep, "--overwrite", *extra) == 2
+    assert words in _error(capsys) and _digest(keep) == before
+    assert _segment(prob, tmp_path / "new.zarr", *extra) == 2
+    assert words in _error(capsys) and not (tmp_path / "new.zarr").exists()
+
+
+def test_labels_of_another_shape_are_refused_before_writing(tmp_path, capsys):
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    gt = _array(tmp_path / "gt.zarr", np.ones((6, 40, 30), np.uint32))
+    assert _segment(prob, tmp_path / "new.zarr", "--labels", str(gt)) == 2
+    assert "same volume" in _error(capsys) and not (tmp_path / "new.zarr").exists()
+
+
+@pytest.mark.parametrize("method", ["cc", "watershed"])
+def test_a_bad_block_found_late_removes_the_new_output_and_keeps_the_old(
+        tmp_path, capsys, monkeypatch, method):
+    from masktwins_bio.inference import probability
+
+    good = _prediction(tmp_path / "good.zarr", _prob())
+    p = _prob()
+    p[2:4, 20:40, 0:20] = 7.0                 # one block of 2,20,20, not the first one
+    bad = _array(tmp_path / "bad.zarr", p)
+    keep = tmp_path / "keep.zarr"
+    args = ["--block", "2,20,20", "--method", method, "--seed-threshold", "0.7"]
+    assert _segment(good, keep, *args) == 0
+    before = _digest(keep)
+    capsys.readouterr()
+    monkeypatch.setattr(probability, "SAMPLE_BLOCKS", 1)   # only the first block up front
+    assert _segment(bad, tmp_path / "new.zarr", *args) == 2
+    assert "z=2, y=20, x=0" in _error(capsys) and not (tmp_path / "new.zarr").exists()
+    assert _segment(bad, keep, "--overwrite", *args) == 2
+    assert "not probabilities" in _error(capsys) and _digest(keep) == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_segment_refuses_what_is_not_a_probability_map(tmp_path, capsys):
+    p = _prob()
+    raw = tmp_path / "raw.tif"
+    tifffile.imwrite(raw, (p * 255).astype(np.uint8))
+    cases = [(raw, "uint8"), (_array(tmp_path / "ids.zarr", (p * 9).astype(np.uint32)), "uint32"),
+             (_array(tmp_path / "big.zarr", p * 1000), "not probabilities")]
+    for src, words in cases:
+        out = tmp_path / "out.zarr"
+        assert _segment(src, out) == 2
+        assert words in _error(capsys) and not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_uint8_predictions_segment_and_evaluate_like_float_ones(tmp_path, capsys):
+    p = _prob()
+    as_float = _prediction(tmp_path / "f.zarr", p)
+    as_uint8 = _prediction(tmp_path / "u.zarr", p, "uint8")
+    labels = tmp_path / "lab.tif"
+    tifffile.imwrite(labels, (_prob(seed=1) > 0.5).astype(np.uint8))
+    metrics = []
+    for pred in (as_float, as_uint8):
+        assert _evaluate(pred, labels, "--json") == 0
+        metrics.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    for key, value in metrics[0].items():
+        assert abs(metrics[1][key] - value) <= 0.01 * max(abs(value), 1e-9) + 1e-12, key
+    # segment reads value / 255: the labels of the float volume holding exactly those values.
+    rounded = _prediction(tmp_path / "r.zarr", (np.rint(p * 255) / 255).astype(np.float32))
+    for pred in (rounded, as_uint8):
+        assert _segment(pred, tmp_path / f"seg_{pred.stem}.zarr", "--threshold", "0.6") == 0
+    a = zarr.open_array(str(tmp_path / "seg_r.zarr"), mode="r")[:]
+    b = zarr.open_array(str(tmp_path / "seg_u.zarr"), mode="r")[:]
+    assert a.max() > 1 and np.array_equal(a, b)
+
+
+def test_unfinished_predictions_are_refused(tmp_path, capsys):
+    part = _prediction(tmp_path / "part.zarr", _prob(), finish=False)
+    labels = _array(tmp_path / "lab.zarr", np.ones(SHAPE, np.uint8))
+    assert _segment(part, tmp_path / "seg.zarr") == 2
+    assert "predict --resume" in _error(capsys) and not (tmp_path / "seg.zarr").exists()
+    assert _evaluate(part, labels) == 2
+    assert "predict --resume" in _error(capsys)
+
+
+def test_evaluate_tells_probabilities_from_instance_labels(tmp_path, capsys):
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    ids = _array(tmp_path / "ids.zarr", (_prob(seed=2) * 5).astype(np.uint16))
+    assert _evaluate(prob, ids, "--instances") == 2
+    assert "segment" in _error(capsys)
+    uint8_prob = _prediction(tmp_path / "u.zarr", _prob(), "uint8")
+    assert _evaluate(uint8_prob, ids, "--instances") == 2
+    assert "segment" in _error(capsys)
+    mask = _array(tmp_path / "mask.zarr", np.ones(SHAPE, np.uint8))
+    assert _evaluate(ids, mask) == 2
+    message = _error(capsys)
+    assert "--instances" in message and "sigmoid" not in message
+
+
+def test_ctrl_c_in_segment_removes_its_output_and_does_not_offer_resume(tmp_path, capsys,
+                                                                        monkeypatch):
+    from masktwins_bio.inference import instances
+
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    keep = tmp_path / "keep.zarr"
+    assert _segment(prob, keep, "--block", "2,20,20") == 0
+    before = _digest(keep)
+    capsys.readouterr()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(instances, "_face_pairs", interrupted)
+    assert _segment(prob, tmp_path / "new.zarr", "--block", "2,20,20") == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" not in err
+    assert not (tmp_path / "new.zarr").exists()
+    assert _segment(prob, keep, "--block", "2,20,20", "--overwrite") == 130
+    assert _digest(keep) == before and _leftovers(tmp_path) == []
+
+
+def test_ctrl_c_in_evaluate_does_not_offer_resume(tmp_path, capsys, monkeypatch):
+    from masktwins_bio import metrics
+
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    labels = _array(tmp_path / "lab.zarr", np.ones(SHAPE, np.uint8))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(metrics, "evaluate_volumes", interrupted)
+    assert _evaluate(prob, labels) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" not in err
+
+
+def test_segment_output_path_mistakes(tmp_path, capsys):
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    assert _segment(prob, "") == 2
+    assert "give an output path" in _error(capsys)
+    a_file = tmp_path / "hostname"
+    a_file.write_text("x")
+    assert _segment(prob, a_file / "out.zarr") == 2
+    assert "is a file, not a folder" in _error(capsys)
