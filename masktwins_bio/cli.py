@@ -36,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sentence(err: MaskTwinsError) -> str:
+    """The error's own sentence. An error raised in a DataLoader worker reaches the main process
+    re-raised by torch as ``type(err)("Caught … in DataLoader worker process N.\nOriginal
+    Traceback …")``; its sentence is what follows the last ``module.Class: `` of that text."""
+    text = str(err)
+    marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
+    if text.startswith("Caught ") and marker in text:
+        return text.rpartition(marker)[2].strip()
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -50,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except MaskTwinsError as err:
         if debug:
             raise
-        print(f"masktwins-bio: error: {err}", file=sys.stderr)
+        print(f"masktwins-bio: error: {sentence(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("masktwins-bio: interrupted; a run can continue with --resume.", file=sys.stderr)
+        print("masktwins-bio: interrupted; train and predict continue where they stopped with "
+              "--resume.", file=sys.stderr)
         return 130
 
 

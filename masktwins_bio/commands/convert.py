@@ -8,6 +8,8 @@ from __future__ import annotations
 
 
 def _floats(text: str | None, what: str):
+    import math
+
     from ..errors import InputError
     if text is None:
         return None
@@ -15,10 +17,39 @@ def _floats(text: str | None, what: str):
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or min(values) <= 0:
-        raise InputError(f"{what} '{text}' does not fit: give three positive numbers z,y,x in "
-                         "nm, e.g. 50,4.6,4.6.")
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"{what} '{text}' does not fit: give three positive, finite numbers "
+                         "z,y,x in nm, e.g. 50,4.6,4.6.")
     return values
+
+
+def _split_label(item: str) -> tuple[str | None, str]:
+    """``NAME=SPEC`` → (NAME, SPEC); a bare spec → (None, SPEC). Text before '=' holding a
+    path or spec character (as in ``d.h5:x#channel=1``) is part of the spec, not a name."""
+    import os
+    name, sep, spec = item.partition("=")
+    if not sep or os.path.exists(item) or any(ch in name for ch in "/\\:#"):
+        return None, item
+    return name, spec
+
+
+def _label_specs(items: list[str]) -> dict:
+    """``--labels`` values → {name: spec}; unnamed ones get 'mito', then 'labels1', …"""
+    from ..errors import InputError
+    pairs = [_split_label(item) for item in items]
+    named = [name for name, _ in pairs if name is not None]
+    for name in named:
+        if named.count(name) > 1:
+            raise InputError(f"--labels gives the name '{name}' twice; give each label image "
+                             "its own name, e.g. --labels mito=a.tif --labels cells=b.tif.")
+    labels, used = {}, set(named)
+    for name, spec in pairs:
+        if name is None:
+            name = next(n for n in ("mito", *(f"labels{k}" for k in range(1, len(items) + 1)))
+                        if n not in used)
+            used.add(name)
+        labels[name] = spec
+    return labels
 
 
 def register(sub) -> None:
@@ -43,12 +74,7 @@ def run(args) -> int:
     from ..data.convert import DEFAULT_CHUNKS, convert_volume
     from ..data.ome_zarr import parse_chunks
     chunks = parse_chunks(args.chunks, DEFAULT_CHUNKS)
-    labels = {}
-    for item in args.labels:
-        name, sep, spec = item.partition("=")
-        if not sep or "/" in name or not name:
-            name, spec = "mito" if not labels else f"labels{len(labels)}", item
-        labels[name] = spec
+    labels = _label_specs(args.labels)
     out = convert_volume(args.input, args.output, chunks=chunks, overwrite=args.overwrite,
                          levels=args.levels, voxel_size=_floats(args.voxel_size, "--voxel-size"),
                          labels=labels, label_rule="nonzero" if args.instances else "binarise",

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from ..config import METHODS, RunConfig, build_config, load_yaml, save_yaml
 from ..errors import ConfigError, InputError
-from ._common import config_layers, prepare_run_dir
+from ._common import RUN_DIRS, RUN_FILES, config_layers, prepare_run_dir
 
 SYNTHETIC = {"synthetic-source": "source", "synthetic-target": "target"}
 
@@ -108,15 +109,38 @@ def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
     if role == "source" and labels is None:
         raise InputError(f"The source '{name or image_spec}' has no labels; a source must be "
                          "labelled.")
-    dom = Domain.from_arrays(role, image, labels if keep_labels else None, d.low_pct,
-                             d.high_pct)
+    try:
+        dom = Domain.from_arrays(role, image, labels if keep_labels else None, d.low_pct,
+                                 d.high_pct)
+    except InputError as err:
+        raise _named(err, f"The {role} image '{name or image_spec}'") from None
     dom.check_crop(cfg.crop, cfg.dims)
     return dom, labels
+
+
+def _check_data_options(d) -> None:
+    """A dataset name brings its own image (and labels): paths given as well would be ignored."""
+    for role, paths in (("source", ("image", "label")), ("target", ("image",))):
+        given = [f"--{role}-{p}" for p in paths if getattr(d, f"{role}_{p}")]
+        if getattr(d, role) and given:
+            raise ConfigError(f"--{role} {getattr(d, role)} names the {role} data, so "
+                              f"{' and '.join(given)} would be ignored; give either --{role} "
+                              f"NAME or --{role}-image PATH"
+                              + (" with --source-label PATH." if role == "source" else "."))
+
+
+def _named(err: InputError, subject: str) -> InputError:
+    """The statistics of an in-memory array say 'The volume …'; name the file instead."""
+    text = str(err)
+    if text.startswith("The volume "):
+        return InputError(f"{subject} {text[len('The volume '):]}")
+    return err
 
 
 def load_domains(cfg: RunConfig, data_root: str | None = None, rank: int = 0):
     """Source domain, target domain or None, target labels (validation only) or None."""
     d = cfg.data
+    _check_data_options(d)
     if not (d.source or (d.source_image and d.source_label)):
         raise ConfigError("No source data; give --source NAME or both --source-image and "
                           "--source-label.")
@@ -287,16 +311,43 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from ..train.distributed import barrier, from_environment
-    from ..train.trainer import Trainer
 
     if args.gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _launch_torchrun(args)
     cfg = _resolve_config(args)
     ctx = from_environment(cfg.device)
     out = Path(args.out)
+    new_dir = not out.exists()
     if ctx.is_main:
         prepare_run_dir(out, args.resume, args.overwrite)
     barrier(ctx)
+    try:
+        return _train(args, cfg, ctx, out)
+    except BaseException:
+        if ctx.is_main and not args.resume:
+            _discard_unstarted_run(out, new_dir)
+        raise
+
+
+def _discard_unstarted_run(out: Path, new_dir: bool) -> None:
+    """A run that failed before its first checkpoint cannot be resumed: remove what it wrote
+    (only the run's own files), so that a corrected command is not refused as 'another run'."""
+    if (out / "checkpoints" / "last.pt").is_file():
+        return
+    for name in (*RUN_FILES, "summary.json.tmp"):
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    if new_dir:
+        try:
+            out.rmdir()
+        except OSError:
+            pass  # something else lives there now: keep it
+
+
+def _train(args, cfg: RunConfig, ctx, out: Path) -> int:
+    from ..train.trainer import Trainer
+
     validation = None
     if cfg.data.kind == "natural":
         source, target, validation = load_scene_domains(cfg, args.data_root, ctx.rank)

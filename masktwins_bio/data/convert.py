@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,24 +20,59 @@ import numpy as np
 from ..errors import InputError
 from .normalize import compute_stats
 from .ome_zarr import copy_blocks, create_level, downsample_level, multiscales_meta
+from .paths import make_folder, make_parents, remove_empty, swap_into_place
+from .spec import parse_spec
 from .volumes import Volume, binarise_labels, open_volume
 
 DEFAULT_CHUNKS = (4, 128, 128)  # cheap 2D and 3D random crops (see tools/bench_loader.py)
 _STATS_SAMPLES = 4_000_000
+# A label image is stored as the zarr group labels/<name>: no '/', and not '.' or '..'.
+_LABEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _check_output(out: Path, overwrite: bool, sources: list[Volume]) -> None:
     if not out.name.endswith(".zarr"):
         raise InputError(f"Output '{out}' must be a folder name ending in .zarr, e.g. "
                          "'volume.ome.zarr'.")
-    if out.exists() and not overwrite:
+    for vol in sources:
+        _check_apart(out, vol.path)
+    if os.path.lexists(out) and not overwrite:
         raise InputError(f"'{out}' already exists; pass --overwrite to replace it or choose "
                          "another output.")
-    for vol in sources:
-        src = Path(vol.path.split("#")[0]).resolve()
-        if out.resolve() == src or out.resolve() in src.parents:
-            raise InputError(f"Output '{out}' would replace its own input '{vol.path}'; choose "
-                             "another output.")
+
+
+def _check_apart(out: Path, spec: str) -> None:
+    """The output must neither be, hold nor lie inside an input (compared by the input's path,
+    without its ':key' or '#options')."""
+    src, dst = parse_spec(spec).path.resolve(), out.resolve()
+    if dst == src or dst in src.parents:
+        raise InputError(f"Output '{out}' would replace its own input '{spec}'; choose "
+                         "another output.")
+    if src in dst.parents:
+        raise InputError(f"Output '{out}' lies inside its input '{spec}'; choose an output "
+                         "outside it.")
+
+
+def check_label_names(names) -> None:
+    """Label names become folder names under ``labels/``: plain names only."""
+    for name in names:
+        if not _LABEL_NAME.fullmatch(str(name)) or name in (".", ".."):
+            raise InputError(f"Label name '{name}' does not fit: use letters, digits, '_', '-' "
+                             "or '.' (not '.' or '..' alone), e.g. --labels mito=labels.tif.")
+
+
+def check_voxel_size(values) -> tuple | None:
+    """Three positive, finite numbers (z, y, x nm), or None."""
+    if values is None:
+        return None
+    try:
+        floats = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        floats = ()
+    if len(floats) != 3 or not all(math.isfinite(v) and v > 0 for v in floats):
+        raise InputError(f"Voxel size {values} does not fit: give three positive, finite "
+                         "numbers z,y,x in nm, e.g. 50,4.6,4.6.")
+    return floats
 
 
 class _StatsSampler:
@@ -52,9 +88,9 @@ class _StatsSampler:
         part = data[offsets[0]::self.step, offsets[1]::self.step, offsets[2]::self.step]
         self.parts.append(np.asarray(part, dtype=np.float32).ravel())
 
-    def stats(self):
+    def stats(self, name: str):
         sample = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
-        return compute_stats(sample[np.newaxis, np.newaxis])
+        return compute_stats(sample[np.newaxis, np.newaxis], name=name)
 
 
 def _label_reader(vol: Volume, rule: str):
@@ -63,9 +99,9 @@ def _label_reader(vol: Volume, rule: str):
         if rule == "nonzero":
             return (data > 0).astype(np.uint8)
         if vol._source.per_slice is not None:  # a folder may mix 1-bit and 8-bit files
-            return np.stack([binarise_labels(vol.raw_slice(z)[b[1], b[2]])
+            return np.stack([binarise_labels(vol.raw_slice(z)[b[1], b[2]], vol.path)
                              for z in range(b[0].start, b[0].stop)]).astype(np.uint8)
-        return binarise_labels(data).astype(np.uint8)
+        return binarise_labels(data, vol.path).astype(np.uint8)
     return read
 
 
@@ -105,27 +141,48 @@ def convert_volume(src, out, *, chunks: tuple = DEFAULT_CHUNKS, overwrite: bool 
     (``label_rule`` "binarise": :func:`binarise_labels`; "nonzero": instance ids > 0).
     ``voxel_size`` (z, y, x nm) overrides the input's. ``chunks`` are the inner chunks (z, y, x).
     """
-    import zarr
     out = Path(out)
-    vol = open_volume(src)
-    label_vols = {name: open_volume(spec) for name, spec in (labels or {}).items()}
-    _check_output(out, overwrite, [vol, *label_vols.values()])
+    check_label_names(labels or {})
+    voxel_size = check_voxel_size(voxel_size)
     if not 1 <= int(levels) <= 12:
         raise InputError(f"--levels {levels} is out of range; give 1 to 12 resolution levels.")
-    for name, lab in label_vols.items():
-        if lab.shape != vol.shape:
-            raise InputError(f"Labels '{lab.path}' have shape {lab.shape} but the image has "
-                             f"{vol.shape}; give labels of the same shape.")
-    voxel_size = tuple(voxel_size) if voxel_size else vol.voxel_size
-    out.parent.mkdir(parents=True, exist_ok=True)
+    vol = open_volume(src)
+    label_vols = {}
+    try:
+        for name, spec in (labels or {}).items():
+            label_vols[name] = open_volume(spec)
+        _check_output(out, overwrite, [vol, *label_vols.values()])
+        for lab in label_vols.values():
+            if lab.shape != vol.shape:
+                raise InputError(f"Labels '{lab.path}' have shape {lab.shape} but the image has "
+                                 f"{vol.shape}; give labels of the same shape.")
+        created = make_parents(out)
+        try:
+            _write(vol, label_vols, out, chunks, levels, voxel_size or vol.voxel_size,
+                   label_rule, show_progress)
+        except BaseException:
+            remove_empty(created)
+            raise
+    finally:
+        vol.close()
+        for lab in label_vols.values():
+            lab.close()
+    return out
+
+
+def _write(vol: Volume, label_vols: dict, out: Path, chunks, levels, voxel_size, label_rule,
+           show_progress) -> None:
+    """Write the image and its labels to a hidden sibling of ``out``, then swap it in."""
+    import zarr
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    make_folder(tmp, out)
     try:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         sampler = _StatsSampler(vol.shape)
         _write_image(root, vol, vol.shape, vol.dtype, chunks, levels, voxel_size,
                      out.name.split(".")[0], False, show_progress, on_block=sampler)
-        extra = {"source": str(vol.path), "intensity": sampler.stats().to_dict()}
+        extra = {"source": str(vol.path), "intensity": sampler.stats(str(vol.path)).to_dict()}
         if label_vols:
             group = root.create_group("labels")
             for name, lab in label_vols.items():
@@ -137,23 +194,7 @@ def convert_volume(src, out, *, chunks: tuple = DEFAULT_CHUNKS, overwrite: bool 
         attrs = dict(root.attrs)
         attrs["masktwins"] = extra
         root.attrs.update(attrs)
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        vol.close()
-        for lab in label_vols.values():
-            lab.close()
-    return out
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to ``out``; an old output is removed only after the swap."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -8,11 +8,12 @@
    known is refused unless ``allow_unverified``, and is then recorded as unverified),
 3. extracts zip/tar archives into a temporary folder, refusing absolute paths, ``..``, links
    and device files,
-4. converts each split to ``<split>.ome.zarr`` (labels under ``labels/mito``) and checks its
-   shape, then
+4. converts each split to a hidden ``.new-<split>.ome.zarr`` (labels under ``labels/mito``)
+   and checks its shape, then renames the splits to ``<split>.ome.zarr``, and
 5. writes ``manifest.json`` last: a dataset counts as present only when that exists.
 
-Any failure leaves no output that looks complete; running it again resumes.
+Any failure leaves no output that looks complete, and a present dataset that is rebuilt
+(``force``) stays present until its new copy is ready; running it again resumes.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
 from .convert import convert_volume
+from .paths import (folders_under, make_folders, remove_empty, remove_new_empty_folders,
+                    swap_into_place)
 from .registry import (MANIFEST, DatasetEntry, RemoteFile, data_root, dataset_dir, get_entry,
                        is_present, split_path)
 
@@ -177,17 +180,45 @@ def _make_synthetic(entry: DatasetEntry, work: Path) -> None:
 def download_dataset(name: str, root=None, *, registry: dict | None = None,
                      allow_unverified: bool = False, keep_downloads: bool = False,
                      force: bool = False, show: bool = True) -> Path:
-    """Make ``<root>/<name>`` present (see module doc) and return that folder."""
+    """Make ``<root>/<name>`` present (see module doc) and return that folder.
+
+    With ``force`` a present dataset stays present (old manifest and data) until the new copy
+    is complete and verified; a failure leaves it as it was.
+    """
     entry = get_entry(name, registry)
     root_path = data_root(root, must_exist=root is not None)
     folder = dataset_dir(entry, root_path)
     if is_present(entry, root_path) and not force:
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / MANIFEST
-    if manifest.exists():
-        manifest.unlink()  # being rebuilt: not present until the end
+    created = make_folders(folder)
     downloads, work = folder / "downloads", folder / "extracted"
+    before = {top: folders_under(top) for top in (downloads, work)}
+    staged = {s: _staged_path(folder, s) for s in entry.splits}
+    try:
+        for path in staged.values():  # left by an interrupted run
+            shutil.rmtree(path, ignore_errors=True)
+        files = _fetch_all(entry, downloads, work, allow_unverified, show)
+        splits = _convert_splits(entry, work, root_path, staged, show)
+    except BaseException:
+        for path in staged.values():
+            shutil.rmtree(path, ignore_errors=True)
+        for top, old in before.items():  # folders made for files that never arrived
+            remove_new_empty_folders(top, old)
+        remove_empty(created)
+        raise
+    _install(entry, folder, root_path, staged)
+    _write_manifest(folder, {"name": entry.name, "files": files, "splits": splits,
+                             "voxel_size": entry.voxel_size, "licence": entry.licence,
+                             "citation": entry.citation})
+    shutil.rmtree(work, ignore_errors=True)
+    if not keep_downloads:
+        shutil.rmtree(downloads, ignore_errors=True)
+    return folder
+
+
+def _fetch_all(entry: DatasetEntry, downloads: Path, work: Path, allow_unverified: bool,
+               show: bool) -> dict:
+    """Fetch, verify and extract (or link) every file into ``work``; the manifest's records."""
     files = {}
     if entry.synthetic:
         shutil.rmtree(work, ignore_errors=True)
@@ -196,25 +227,43 @@ def download_dataset(name: str, root=None, *, registry: dict | None = None,
         path, verified = fetch(remote, downloads, allow_unverified, show)
         files[remote.name] = {"sha256": remote.sha256 or sha256_of(path), "verified": verified}
         if remote.extract and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
-            extract(path, work / f".x-{remote.name}")
-            for child in (work / f".x-{remote.name}").iterdir():
-                target = work / child.name
-                if target.exists():
-                    shutil.rmtree(target) if target.is_dir() else target.unlink()
-                os.replace(child, target)
-            shutil.rmtree(work / f".x-{remote.name}")
+            _extract_into(path, work / f".x-{remote.name}", work)
         elif remote.extract:
             raise InputError(f"'{remote.name}' is not a readable zip or tar archive; delete it "
                              "and download again.")
         else:
-            work.mkdir(parents=True, exist_ok=True)
-            target = work / remote.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists():
-                try:
-                    os.link(path, target)
-                except OSError:
-                    shutil.copy2(path, target)
+            _link_into(path, work / remote.name)
+    return files
+
+
+def _extract_into(archive: Path, tmp: Path, work: Path) -> None:
+    extract(archive, tmp)
+    for child in tmp.iterdir():
+        target = work / child.name
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.replace(child, target)
+    shutil.rmtree(tmp)
+
+
+def _link_into(path: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def _staged_path(folder: Path, split_name: str) -> Path:
+    """Where a split is built before it replaces ``<split>.ome.zarr`` (a hidden sibling)."""
+    return folder / f".new-{split_name}.ome.zarr"
+
+
+def _convert_splits(entry: DatasetEntry, work: Path, root: Path, staged: dict,
+                    show: bool) -> dict:
+    """Convert each split to its path in ``staged`` and check its shape."""
+    from .volumes import open_volume
     splits = {}
     for split_name, spl in entry.splits.items():
         image, labels = work / spl.image, (work / spl.labels) if spl.labels else None
@@ -224,22 +273,24 @@ def download_dataset(name: str, root=None, *, registry: dict | None = None,
                                  "the files may have changed upstream, so report this.")
         if spl.z_range:
             image = _link_slices(image, spl.z_range, work / f".{split_name}-image")
-        out = split_path(entry, split_name, root_path)
+        out = staged[split_name]
         convert_volume(str(image), out, overwrite=True, voxel_size=entry.voxel_size,
                        labels={"mito": str(labels)} if labels else None,
                        label_rule=spl.label_rule, show_progress=show)
-        from .volumes import open_volume
         with open_volume(out) as vol:
             shape = vol.shape
         if spl.shape and tuple(spl.shape) != tuple(shape):
-            shutil.rmtree(out, ignore_errors=True)
             raise InputError(f"'{entry.name}' {split_name} has shape {shape}, expected "
                              f"{tuple(spl.shape)}; the files may have changed upstream.")
-        splits[split_name] = {"path": out.name, "shape": list(shape)}
-    shutil.rmtree(work, ignore_errors=True)
-    if not keep_downloads:
-        shutil.rmtree(downloads, ignore_errors=True)
-    _write_manifest(folder, {"name": entry.name, "files": files, "splits": splits,
-                             "voxel_size": entry.voxel_size, "licence": entry.licence,
-                             "citation": entry.citation})
-    return folder
+        splits[split_name] = {"path": split_path(entry, split_name, root).name,
+                              "shape": list(shape)}
+    return splits
+
+
+def _install(entry: DatasetEntry, folder: Path, root: Path, staged: dict) -> None:
+    """Put the verified splits in place. The old manifest goes first, so an interruption
+    between the renames leaves a dataset that is not present (and rebuilt next time), never
+    one that mixes two copies under a manifest."""
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for split_name, path in staged.items():
+        swap_into_place(path, split_path(entry, split_name, root))

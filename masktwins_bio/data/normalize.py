@@ -55,20 +55,24 @@ def _sample_voxels(volume, max_samples: int = _MAX_SAMPLES) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def compute_stats(volume, low_pct: float = 0.5, high_pct: float = 99.5) -> IntensityStats:
+def compute_stats(volume, low_pct: float = 0.5, high_pct: float = 99.5,
+                  name: str | None = None) -> IntensityStats:
     """Robust statistics of a (Z, Y, X) array-like, reading one slice at a time.
 
-    Raises InputError for an empty volume, NaN/inf values or a constant volume.
+    Raises InputError for an empty volume, NaN/inf values or a constant volume; the message
+    names ``name`` (default: the volume's ``path``, when it has one).
     """
+    name = name if name is not None else getattr(volume, "path", None)
+    subject = f"'{name}'" if name else "The volume"
     if int(np.prod(volume.shape)) == 0:
-        raise InputError("The volume is empty (a zero-sized axis); give a volume with data.")
+        raise InputError(f"{subject} is empty (a zero-sized axis); give a volume with data.")
     sample = _sample_voxels(volume)
     if not np.all(np.isfinite(sample)):
-        raise InputError("The volume contains NaN or infinite values; clean or mask them first.")
+        raise InputError(f"{subject} contains NaN or infinite values; clean or mask them first.")
     low, high = np.percentile(sample, [low_pct, high_pct])
     clipped = np.clip(sample, low, high)
     std = float(clipped.std())
     if std < 1e-8:
-        raise InputError("The volume has a constant intensity, so it cannot be normalised; "
+        raise InputError(f"{subject} has a constant intensity, so it cannot be normalised; "
                          "check that the right file was given.")
     return IntensityStats(float(low), float(high), float(clipped.mean()), std)

@@ -201,6 +201,9 @@ def get_entry(name: str, registry: dict | None = None,
 
 def data_root(explicit: str | os.PathLike | None = None, must_exist: bool = False) -> Path:
     """``explicit``, else ``$MASKTWINS_DATA``, else ``<user cache>/datasets``."""
+    if explicit is not None and not os.fspath(explicit).strip():
+        raise InputError("--data-root is empty; give the folder that holds the datasets, or "
+                         "leave the option out.")
     if explicit:
         root = Path(explicit).expanduser()
     elif os.environ.get("MASKTWINS_DATA"):
@@ -208,6 +211,9 @@ def data_root(explicit: str | os.PathLike | None = None, must_exist: bool = Fals
     else:
         from .cache import user_cache_dir
         return user_cache_dir() / "datasets"
+    if root.exists() and not root.is_dir():
+        raise InputError(f"Data root '{root}' is a file; give the folder that holds the "
+                         "datasets as --data-root (or $MASKTWINS_DATA).")
     if must_exist and not root.is_dir():
         raise InputError(f"Data root '{root}' does not exist; create it or give another "
                          "--data-root (or $MASKTWINS_DATA).")

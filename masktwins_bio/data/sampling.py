@@ -164,7 +164,8 @@ class CropDataset(Dataset):
         for image, raw in zip(images, labels):
             label = None
             if raw is not None:
-                label = (raw > 0 if self.label_rule == "nonzero" else binarise_labels(raw))[None]
+                label = (raw > 0 if self.label_rule == "nonzero"
+                         else binarise_labels(raw, getattr(label_vol, "path", None)))[None]
             out.append((image[np.newaxis], label))
         return out
 

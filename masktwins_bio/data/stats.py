@@ -70,7 +70,7 @@ def foreground_index(spec, cell: tuple = INDEX_CELL, label_rule: str = "binarise
     block = block_shape(unit, vol.shape, max(vol.dtype.itemsize, 1), budget=64 * 2**20)
     for b in iter_blocks(vol.shape, block):
         data = vol[b]
-        mask = data > 0 if label_rule == "nonzero" else binarise_labels(data)
+        mask = data > 0 if label_rule == "nonzero" else binarise_labels(data, vol.path)
         pad = [(0, -n % c) for n, c in zip(mask.shape, cell)]
         mask = np.pad(mask, pad)
         g = [n // c for n, c in zip(mask.shape, cell)]

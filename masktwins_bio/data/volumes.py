@@ -47,6 +47,8 @@ def _guess_axes(shape: tuple) -> str:
     if len(shape) == 3:
         return "yxc" if shape[-1] <= 4 < min(shape[0], shape[1]) else "zyx"
     if len(shape) == 4:
+        if shape[-1] in (3, 4) and min(shape[1], shape[2]) > 4:
+            return "zyxc"  # RGB(A) slices: an x extent of 3-4 beside large y/x is not plausible
         return "zyxc" if shape[-1] <= 4 < shape[0] and shape[0] != 1 else "czyx"
     return _GUESSED_AXES.get(len(shape), "")
 
@@ -298,29 +300,30 @@ def load_image(spec) -> np.ndarray:
         return vol.read()
 
 
-def binarise_labels(arr: np.ndarray) -> np.ndarray:
+def binarise_labels(arr: np.ndarray, where: str | None = None) -> np.ndarray:
     """A boolean mask from a label image.
 
     bool stays as is; values only in {0, 1} → ``> 0``; 8-bit-range data (0 ≤ v ≤ 255, e.g.
     0/255 or anti-aliased masks) → ``> 127``; anything else (negative values, instance ids
-    above 255, fractional floats) raises InputError.
+    above 255, fractional floats) raises InputError, naming ``where`` (the spec) when given.
     """
     arr = np.asarray(arr)
+    of = f" of '{where}'" if where else ""
     if arr.dtype == bool:
         return arr
     if arr.dtype.kind not in "iuf" or arr.size == 0:
-        raise InputError(f"Label values of type {arr.dtype} cannot be binarised; give a mask "
+        raise InputError(f"Label values{of} of type {arr.dtype} cannot be binarised; give a mask "
                          "with values 0/1 or 0/255.")
     lo, hi = arr.min(), arr.max()
     if arr.dtype.kind == "f" and not np.all(np.isfinite([lo, hi])):
-        raise InputError("The label values contain NaN or infinity and cannot be binarised; "
-                         "give a mask with values 0/1 or 0/255.")
+        raise InputError(f"The label values{of} contain NaN or infinity and cannot be "
+                         "binarised; give a mask with values 0/1 or 0/255.")
     if lo >= 0 and hi <= 1 and (arr.dtype.kind != "f" or np.all((arr == 0) | (arr == 1))):
         return arr > 0
     if arr.dtype.kind in "iu" and lo >= 0 and hi <= 255:
         return arr > 127
-    raise InputError(f"Label values in [{lo}, {hi}] ({arr.dtype}) cannot be binarised; give a "
-                     "binary mask (0/1 or 0/255), or derive one from instance labels (ids > 0).")
+    raise InputError(f"Label values in [{lo}, {hi}] ({arr.dtype}){of} cannot be binarised; give "
+                     "a binary mask (0/1 or 0/255), or derive one from instance labels (ids > 0).")
 
 
 def load_labels(spec) -> np.ndarray:
@@ -330,7 +333,7 @@ def load_labels(spec) -> np.ndarray:
         return binarise_labels(_as_zyx(spec, "label"))
     with open_volume(spec) as vol:
         if vol._source.per_slice is None:
-            return binarise_labels(vol.read())
+            return binarise_labels(vol.read(), vol.path)
         out = np.empty(vol.shape, dtype=bool)
         for z in range(vol.shape[0]):
             try:

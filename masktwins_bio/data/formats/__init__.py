@@ -47,27 +47,63 @@ def _reader(module: str) -> Any:
     return importlib.import_module(f"{__name__}.{module}")
 
 
+def key_list(keys: list[str], limit: int = 20) -> str:
+    """``a, b, c`` (or ``none``), cut after ``limit`` names with ``and N more``."""
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:limit])
+    return shown if len(keys) <= limit else f"{shown} and {len(keys) - limit} more"
+
+
+_KIND_NAMES = {"nifti": "NIfTI", "mrc": "MRC", "tiff": "TIFF", "image": "2D image"}
+
+
+def _check_options(path: Path, key: str, options: dict, kind: str) -> None:
+    """A key or level that a format cannot use is refused rather than silently ignored."""
+    if key and kind != "hdf5":
+        raise InputError(f"'{path}' is a single {_KIND_NAMES[kind]} file, so it has no key "
+                         f"'{key}'; only zarr and HDF5 files take ':KEY', so give the path "
+                         "without it.")
+    if options.get("level") is not None:
+        raise InputError(f"'{path}' has no resolution levels, so '#level={options['level']}' "
+                         "does not apply; only OME-Zarr images take '#level', so drop it.")
+
+
+def _kind(path: Path) -> str | None:
+    """The reader for a file, from its suffix."""
+    name = path.name.lower()
+    for kind, suffixes in (("hdf5", HDF5_SUFFIXES), ("nifti", NIFTI_SUFFIXES),
+                           ("mrc", MRC_SUFFIXES), ("tiff", TIFF_SUFFIXES),
+                           ("image", IMAGE_SUFFIXES)):
+        if name.endswith(suffixes):
+            return kind
+    return None
+
+
 def open_source(path: Path, key: str, options: dict) -> Source:
     """Pick the reader from the path's type and suffix; InputError when none fits."""
-    name = path.name.lower()
     if _is_zarr(path):
         return _reader("zarr_store").open_zarr(path, key, options)
     if path.is_dir():
         if key:
             raise InputError(f"'{path}' is a folder of images, which has no key '{key}'; "
                              "give the folder without ':key'.")
+        _check_options(path, key, options, "folder")  # '#level' only; the key is refused above
         return _reader("images").open_slice_folder(path)
     if not os.access(path, os.R_OK):
         raise InputError(f"Cannot read '{path}' (permission denied); check its permissions.")
-    if name.endswith(HDF5_SUFFIXES):
+    kind = _kind(path)
+    if kind is None:
+        raise InputError(f"Unsupported file type '{path.name}'; give a zarr/OME-Zarr, HDF5 "
+                         "(file.h5:key), TIFF, PNG, NIfTI or MRC file, or a folder of 2D "
+                         "slices.")
+    _check_options(path, key, options, kind)
+    if kind == "hdf5":
         return _reader("hdf5").open_hdf5(path, key)
-    if name.endswith(NIFTI_SUFFIXES):
+    if kind == "nifti":
         return _reader("nifti").open_nifti(path)
-    if name.endswith(MRC_SUFFIXES):
+    if kind == "mrc":
         return _reader("mrc").open_mrc(path)
-    if name.endswith(TIFF_SUFFIXES):
+    if kind == "tiff":
         return _reader("tiff").open_tiff(path)
-    if name.endswith(IMAGE_SUFFIXES):
-        return _reader("images").open_image(path)
-    raise InputError(f"Unsupported file type '{path.name}'; give a zarr/OME-Zarr, HDF5 "
-                     "(file.h5:key), TIFF, PNG, NIfTI or MRC file, or a folder of 2D slices.")
+    return _reader("images").open_image(path)

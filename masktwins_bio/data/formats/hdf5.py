@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import InputError
-from . import Source
+from . import Source, key_list
 from .units import to_nm, voxel_tuple
 
 _VOXEL_ATTRS = (("resolution", "nm"), ("voxel_size", "nm"), ("element_size_um", "um"))
 
 
-def dataset_keys(h5file, limit: int = 20) -> list[str]:
+def dataset_keys(h5file, limit: int | None = None) -> list[str]:
+    """Paths of the datasets in a file, sorted, at most ``limit`` (None: all)."""
     import h5py
     keys: list[str] = []
     h5file.visititems(lambda name, obj: keys.append(name)
@@ -48,13 +49,12 @@ def open_hdf5(path: Path, key: str) -> Source:
             keys = dataset_keys(h5file)
             if len(keys) != 1:
                 raise InputError(f"'{path}' holds {len(keys)} datasets; add ':KEY' to pick one "
-                                 f"(datasets present: {', '.join(keys) or 'none'}).")
+                                 f"(datasets present: {key_list(keys)}).")
             key = keys[0]
         node = h5file.get(key)
         if not isinstance(node, h5py.Dataset):
-            keys = dataset_keys(h5file)
             raise InputError(f"'{path}' has no dataset '{key}'; datasets present: "
-                             f"{', '.join(keys) or 'none'}.")
+                             f"{key_list(dataset_keys(h5file))}.")
         axes = None
         if node.ndim == 3 and node.shape[-1] > 4:
             axes = "zyx"  # a 3-D HDF5 volume is almost always z, y, x; never guess RGB here

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import InputError
-from . import Source
+from . import Source, key_list
 from .units import to_nm, voxel_tuple
 
 
@@ -21,8 +21,8 @@ def multiscales(group) -> list | None:
     return ms if isinstance(ms, list) and ms else None
 
 
-def array_keys(group, limit: int = 20) -> list[str]:
-    """Paths of the arrays inside a group, depth first, at most ``limit``."""
+def array_keys(group, limit: int | None = 20) -> list[str]:
+    """Paths of the arrays inside a group, sorted, at most ``limit`` (None: all)."""
     import zarr
     keys = [name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)]
     return sorted(keys)[:limit]
@@ -80,25 +80,29 @@ def open_zarr(path: Path, key: str, options: dict) -> Source:
         if key:
             raise InputError(f"'{path}' is a single zarr array, so it has no key '{key}'; give "
                              "the path without ':key'.")
+        if level is not None:
+            raise InputError(f"'{where}' is a plain array, not an OME-Zarr image; drop '#level'.")
         return Source(node, axes=None)
     group = node
     if key:
         try:
             node = group[key]
         except KeyError:
-            keys = array_keys(group)
             raise InputError(f"'{path}' has no array '{key}'; arrays present: "
-                             f"{', '.join(keys) or 'none'}.") from None
+                             f"{key_list(array_keys(group, None))}.") from None
     if isinstance(node, zarr.Group):
         ms_list = multiscales(node)
         if ms_list:
             array, ms, dpath = _from_multiscale(node, ms_list, level, where)
             axes, voxel = _ome_meta(ms, dpath, array.ndim)
             return Source(array, axes=axes, voxel_size=voxel)
-        keys = array_keys(node)
+        keys = array_keys(node, None)
+        if not keys:
+            raise InputError(f"'{where}' is a zarr group that holds no arrays; give a zarr array "
+                             "or a group that holds one.")
         if len(keys) != 1:
             raise InputError(f"'{where}' is a zarr group; add ':KEY' to pick an array "
-                             f"(arrays present: {', '.join(keys) or 'none'}).")
+                             f"(arrays present: {key_list(keys)}).")
         node, key = node[keys[0]], f"{key}/{keys[0]}".strip("/")
     if level is not None:
         raise InputError(f"'{where}' is a plain array, not an OME-Zarr image; drop '#level'.")

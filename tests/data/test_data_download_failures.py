@@ -1,0 +1,109 @@
+"""download when the network fails: a present dataset stays present, and nothing is left behind."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from masktwins_bio.cli import main
+from masktwins_bio.data.download import download_dataset
+from masktwins_bio.data.registry import DatasetEntry, RemoteFile, Split, is_present, resolve
+from masktwins_bio.data.volumes import open_volume
+from masktwins_bio.errors import InputError
+
+SHAPE = (2, 12, 10)
+IMG = np.random.default_rng(4).integers(0, 256, SHAPE, dtype=np.uint8)
+MASK = (IMG > 200).astype(np.uint8) * 255
+
+
+@pytest.fixture
+def remote(tmp_path):
+    """Slice files served through file:// URLs, one per section (as VNC is)."""
+    served = tmp_path / "served"
+    names = []
+    for kind, arr in (("raw", IMG), ("mask", MASK)):
+        (served / kind).mkdir(parents=True)
+        for z in range(SHAPE[0]):
+            Image.fromarray(arr[z]).save(served / kind / f"{z:02d}.png")
+            names.append(f"{kind}/{z:02d}.png")
+    return served, names
+
+
+def _registry(served, names) -> dict:
+    files = tuple(RemoteFile(f"stack/{n}", (f"file://{served}/{n}",),
+                             hashlib.sha256((served / n).read_bytes()).hexdigest(),
+                             extract=False)
+                  for n in names)
+    return {"toy": DatasetEntry(name="toy", description="toy", files=files,
+                                voxel_size=(40.0, 4.0, 4.0),
+                                splits={"train": Split("stack/raw", "stack/mask", SHAPE)})}
+
+
+def _go_offline(served, name="raw/01.png"):
+    (served / name).rename(served / "gone.png")
+
+
+def test_force_without_network_keeps_the_present_dataset(tmp_path, remote):
+    registry = _registry(*remote)
+    root = tmp_path / "data"
+    root.mkdir()
+    folder = download_dataset("toy", root, registry=registry, show=False)
+    manifest = (folder / "manifest.json").read_text()
+    _go_offline(remote[0])
+    with pytest.raises(InputError, match="Could not download"):
+        download_dataset("toy", root, registry=registry, force=True, show=False)
+    assert (folder / "manifest.json").read_text() == manifest
+    assert is_present(registry["toy"], root)
+    found = resolve("toy", root=root, registry=registry)
+    np.testing.assert_array_equal(open_volume(found.image).read(), IMG)
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staged copies
+
+
+def test_force_replaces_the_dataset_once_the_new_copy_is_ready(tmp_path, remote):
+    registry = _registry(*remote)
+    root = tmp_path / "data"
+    root.mkdir()
+    folder = download_dataset("toy", root, registry=registry, show=False)
+    (folder / "train.ome.zarr" / "marker").write_text("old copy")
+    download_dataset("toy", root, registry=registry, force=True, show=False)
+    assert not (folder / "train.ome.zarr" / "marker").exists()
+    assert json.loads((folder / "manifest.json").read_text())["splits"]["train"] == {
+        "path": "train.ome.zarr", "shape": list(SHAPE)}
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "train.ome.zarr"]
+
+
+def test_failed_first_download_leaves_no_empty_folders(tmp_path, remote):
+    registry = _registry(*remote)
+    _go_offline(remote[0], "mask/00.png")
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(InputError, match="Could not download"):
+        download_dataset("toy", root, registry=registry, show=False)
+    # The file fetched before the failure stays for the next run, with its folders; the folders
+    # made for files that never arrived (stack/mask) are gone.
+    assert (root / "toy" / "downloads" / "stack" / "raw" / "01.png").is_file()
+    assert not (root / "toy" / "downloads" / "stack" / "mask").exists()
+    for p in root.rglob("*"):
+        assert not p.is_dir() or any(p.iterdir()), f"empty folder left: {p}"
+
+
+def test_nothing_fetched_leaves_nothing(tmp_path, remote):
+    served, names = remote
+    registry = _registry(served, names)
+    for n in names:
+        (served / n).unlink()
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(InputError, match="Could not download"):
+        download_dataset("toy", root, registry=registry, show=False)
+    assert list(root.iterdir()) == []
+
+
+def test_download_into_a_data_root_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["download", "vnc", "--data-root", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "x"
