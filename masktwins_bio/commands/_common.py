@@ -16,8 +16,12 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() or (path / "checkpoints").is_dir()
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory; never touch files the toolkit did not write."""
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool, clear: bool = True) -> None:
+    """Refuse to mix two runs in one directory; never touch files the toolkit did not write.
+
+    ``clear=False`` only checks (and creates a missing directory): ``train`` checks first and
+    replaces an old run only once its data have loaded, so a mistyped path loses nothing.
+    """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one.")
     if out.exists() and not out.is_dir():
@@ -34,6 +38,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         if not overwrite:
             raise InputError(f"The output directory '{out}' holds another run; pass --resume "
                              "to continue it or --overwrite to replace it.")
+        if not clear:
+            return
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         for name in RUN_DIRS:

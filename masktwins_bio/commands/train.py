@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     new_dir = not out.exists()
     if ctx.is_main:
-        prepare_run_dir(out, args.resume, args.overwrite)
+        prepare_run_dir(out, args.resume, args.overwrite, clear=False)
     barrier(ctx)
     try:
         return _train(args, cfg, ctx, out)
@@ -346,6 +346,7 @@ def _discard_unstarted_run(out: Path, new_dir: bool) -> None:
 
 
 def _train(args, cfg: RunConfig, ctx, out: Path) -> int:
+    from ..train.distributed import barrier
     from ..train.trainer import Trainer
 
     validation = None
@@ -354,6 +355,9 @@ def _train(args, cfg: RunConfig, ctx, out: Path) -> int:
         t_lab = None
     else:
         source, target, t_lab = load_domains(cfg, args.data_root, ctx.rank)
+    if ctx.is_main and not args.resume:  # the data are fine: now an old run may be replaced
+        prepare_run_dir(out, False, args.overwrite)
+    barrier(ctx)
     trainer = Trainer(cfg, source, target, out, target_labels=t_lab, progress=not args.quiet,
                       ctx=ctx, validation=validation)
     if args.resume:

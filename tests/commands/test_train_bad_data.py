@@ -116,3 +116,14 @@ def test_dataset_name_with_paths_is_refused(tmp_path, tiny_data, tiny_config, ca
     _fails(["train", *given, *other, "--config", tiny_config[2], "--out", str(run), "--device",
             "cpu", "--quiet"], capsys, match)
     assert not run.exists()
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_data_fail(tmp_path, train_args):
+    run = tmp_path / "run"
+    assert main(train_args(run)) == 0
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    args = train_args(run, extra=["--overwrite"])
+    args[args.index("--target-image") + 1] = str(tmp_path / "missing.tif")
+    assert main(args) == 2
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    assert (run / "config.yaml").is_file()
