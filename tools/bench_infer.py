@@ -305,14 +305,29 @@ def _max_diff(a: Path, b: Path) -> float:
 
 
 # -- 3. memory ---------------------------------------------------------------------------------
+# Linux keeps a process's peak RSS across exec, so a child forked from this (large) benchmark
+# process would report at least this process's RSS at the fork. A small launcher, itself just
+# started, forks the measured command instead and reports that grandchild's own peak.
+_LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def peak_rss_gb(cmd) -> float:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"predict failed ({proc.returncode}): {err[-2000:]}")
-    return usage.ru_maxrss / 2**20  # KiB -> GiB
+    """Peak RSS (GiB) of ``cmd`` alone, measured by the kernel over its whole life."""
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True,
+                          text=True)
+    try:
+        maxrss_kib, code = (int(v) for v in proc.stdout.split()[-2:])
+    except ValueError:
+        raise RuntimeError(f"the launcher failed: {proc.stderr[-2000:]}") from None
+    if code != 0:
+        raise RuntimeError(f"predict failed ({code}): {proc.stderr[-2000:]}")
+    return maxrss_kib / 2**20  # KiB -> GiB
 
 
 def memory(work: Path, device, gb: float, dtype: str) -> dict:
