@@ -415,7 +415,7 @@ def main() -> int:
               "peak_rss_gb_small": round(mem["small"], 3) if mem else None,
               "volume_gb": round(mem["big_gb"], 2) if mem else None,
               "device": torch.cuda.get_device_name(0) if device == "cuda" else
-              f"cpu ({sp['streams'] * (sp['threads'] or 1)} cores)",
+              f"cpu ({os.cpu_count()} cores)",
               "fraction_of_eager_forward": round(sp["fraction_of_eager_forward"], 3),
               "forward_variant": sp.get("forward_variant"),
               "max_abs_diff_timed_outputs": sp.get("max_abs_diff_timed_outputs"),
