@@ -202,7 +202,8 @@ def _resolve_config(args) -> RunConfig:
     cfg = build_config(*layers)
     # The saved config names the block the run trains with, so that the run (and a resume of
     # it) does not depend on the default rule of the version that reads it back.
-    cfg.mask.block = list(cfg.block)
+    if cfg.mask.block is None:
+        cfg.mask.block = list(cfg.block)
     return cfg
 
 
