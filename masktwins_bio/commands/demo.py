@@ -29,7 +29,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..config import METHODS, build_config, load_yaml, parse_override
+    from ..config import METHODS, build_config, load_yaml, parse_override, save_yaml
     from ..data.synthetic import demo_pair
     from ..errors import ConfigError
     from ..metrics import format_table
@@ -53,6 +53,9 @@ def run(args) -> int:
         cfg = build_config(base, flags, {"method": method}, *overrides)
         out = Path(args.out) / method
         prepare_run_dir(out, resume=False, overwrite=True)
+        if cfg.mask.block is None:  # as train does: the run names the block it used
+            cfg.mask.block = list(cfg.block)
+        save_yaml(cfg, out / "config.yaml")  # a run directory like train's
         d = cfg.data
         source = Domain.from_arrays("source", *data["source"], d.low_pct, d.high_pct)
         target = Domain.from_arrays("target", data["target"][0], None, d.low_pct, d.high_pct)

@@ -1,0 +1,17 @@
+"""`masktwins-bio demo`, the README's first command, end to end with a tiny budget."""
+import json
+
+from masktwins_bio.cli import main
+
+
+def test_demo_trains_both_methods_and_reruns_in_place(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--iters", "3", "--out", str(out), "--device", "cpu", "--quiet", "--json"]
+    for _ in range(2):  # a second run replaces the first (the demo's runs are its own)
+        assert main(args) == 0
+        table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert set(table) == {"source-only", "masktwins"}
+        assert all(0.0 <= table[m]["iou"] <= 1.0 for m in table)
+        for method in table:
+            assert (out / method / "checkpoints" / "last.pt").is_file()
+            assert (out / method / "config.yaml").is_file()
