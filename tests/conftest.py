@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny synthetic EM domains on disk and a tiny network config."""
+"""Shared fixtures: tiny synthetic EM domains on disk, a tiny network config, and checks of
+the CLI's one-sentence errors."""
+import hashlib
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from masktwins_bio.cli import main
 from masktwins_bio.data.synthetic import write_domain
 
 TINY = {
@@ -79,3 +82,43 @@ def train_args(tiny_data, tiny_config):
                 "--dims", str(dims), "--config", tiny_config[dims], "--out", str(out),
                 "--device", "cpu", "--quiet", *extra]
     return make
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``read()``: the CLI's stderr since the last read, which must be one error line."""
+    def read() -> str:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("masktwins-bio: error: "), err
+        return err[0]
+    return read
+
+
+@pytest.fixture
+def cli_fails(capsys):
+    """``run(args, match)``: the CLI exits 2 with one line holding ``match``, no traceback."""
+    def run(args, match: str) -> str:
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        assert match in err, err
+        return err
+    return run
+
+
+def _digest(path) -> str:
+    h = hashlib.sha256()
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path.parent)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def digest():
+    """``digest(path)``: hash of a file, or of every file under a folder (names and bytes), to
+    show that a failed command left the user's data as it was."""
+    return _digest

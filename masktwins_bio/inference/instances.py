@@ -21,13 +21,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import os
 import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
 
+from ..data.paths import swap_into_place
 from ..errors import InputError
 from .outputs import check_new_output, check_parent
 
@@ -113,19 +113,9 @@ def staged_output(output, overwrite: bool = False):
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         yield tmp
-        _swap_into_place(tmp, output)
+        swap_into_place(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_segment_options(threshold: float, connectivity: int = 1, min_size: int = 0,

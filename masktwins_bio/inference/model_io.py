@@ -1,7 +1,6 @@
 """Load a trained network for prediction from a run directory or a checkpoint file."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +41,3 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
     model.load_state_dict(weights)
     model.to(device).eval()
     return LoadedModel(model, cfg, ckpt_path, int(state["iteration"]))
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MB pieces: tells a checkpoint saved again at the same
-    path (another run, another iteration) from the one a prediction was started with."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(chunk), b""):
-            digest.update(piece)
-    return digest.hexdigest()

@@ -224,7 +224,8 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     from ..data.stats import volume_stats
     from ..data.volumes import open_volume
     from ..train.device import select_device
-    from .model_io import file_sha256, load_model
+    from ..data.download import sha256_of
+    from .model_io import load_model
 
     options = options or PredictOptions()
     out, mode = _check_job(options, input_spec, checkpoint, output, resume, overwrite, dask,
@@ -257,7 +258,7 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     job = PredictJob(os.path.abspath(str(input_spec)), str(loaded.path.resolve()), which,
                      OutputSpec(out.resolve(), options.dtype, options.threshold), plan, stats,
                      options)
-    fingerprint = _fingerprint(job, shape, loaded.iteration, file_sha256(loaded.path))
+    fingerprint = _fingerprint(job, shape, loaded.iteration, sha256_of(loaded.path))
     if run is not None:
         _check_resume(out, run, fingerprint)
     if mode == "complete":

@@ -3,7 +3,6 @@
 Predictions are written with the store of `predict` itself (no network needed), so they carry
 the same metadata (``complete``, ``scale``) as real ones.
 """
-import hashlib
 import json
 from pathlib import Path
 
@@ -51,47 +50,32 @@ def _evaluate(pred, labels, *extra):
     return main(["evaluate", "--prediction", str(pred), "--labels", str(labels), *extra])
 
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("masktwins-bio: error: "), err
-    return err[0]
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path.parent)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def _leftovers(folder: Path) -> list:
     """Hidden staging folders a failed run would leave beside its output."""
     return [p.name for p in folder.iterdir() if p.name.startswith(".")]
 
 
-def test_segment_never_replaces_its_input_or_user_files(tmp_path, capsys):
+def test_segment_never_replaces_its_input_or_user_files(tmp_path, cli_error, digest):
     prob = _prediction(tmp_path / "prob.zarr", _prob())
-    before = _digest(prob)
+    before = digest(prob)
     assert _segment(prob, prob, "--overwrite") == 2
-    assert "its own input" in _error(capsys) and _digest(prob) == before
+    assert "its own input" in cli_error() and digest(prob) == before
     gt = _array(tmp_path / "gt.zarr", np.ones(SHAPE, np.uint32))
     assert _segment(prob, gt, "--labels", str(gt), "--overwrite") == 2
-    assert "its own input" in _error(capsys)
+    assert "its own input" in cli_error()
     stuff = tmp_path / "userstuff"
     stuff.mkdir()
     (stuff / "a.txt").write_text("mine")
     assert _segment(prob, stuff, "--overwrite") == 2
-    assert "ending in .zarr" in _error(capsys)
+    assert "ending in .zarr" in cli_error()
     stuff_zarr = tmp_path / "stuff.zarr"
     stuff.rename(stuff_zarr)
     assert _segment(prob, stuff_zarr, "--overwrite") == 2
-    assert "no zarr data" in _error(capsys) and (stuff_zarr / "a.txt").read_text() == "mine"
+    assert "no zarr data" in cli_error() and (stuff_zarr / "a.txt").read_text() == "mine"
     a_file = tmp_path / "file.zarr"
     a_file.write_text("mine")
     assert _segment(prob, a_file, "--overwrite") == 2
-    assert "is a file" in _error(capsys) and a_file.read_text() == "mine"
+    assert "is a file" in cli_error() and a_file.read_text() == "mine"
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -101,28 +85,30 @@ def test_segment_never_replaces_its_input_or_user_files(tmp_path, capsys):
     (["--block", "0,20,20"], "--block"),
     (["--method", "watershed", "--seed-threshold", "0.4"], "--seed-threshold"),
 ])
-def test_options_are_checked_before_any_output_is_touched(tmp_path, capsys, extra, words):
+def test_options_are_checked_before_any_output_is_touched(tmp_path, capsys, extra, words, cli_error,
+                                                          digest):
     prob = _prediction(tmp_path / "prob.zarr", _prob())
     keep = tmp_path / "keep.zarr"
     assert _segment(prob, keep) == 0
-    before = _digest(keep)
+    before = digest(keep)
     capsys.readouterr()
     assert _segment(prob, keep, "--overwrite", *extra) == 2
-    assert words in _error(capsys) and _digest(keep) == before
+    assert words in cli_error() and digest(keep) == before
     assert _segment(prob, tmp_path / "new.zarr", *extra) == 2
-    assert words in _error(capsys) and not (tmp_path / "new.zarr").exists()
+    assert words in cli_error() and not (tmp_path / "new.zarr").exists()
 
 
-def test_labels_of_another_shape_are_refused_before_writing(tmp_path, capsys):
+def test_labels_of_another_shape_are_refused_before_writing(tmp_path, cli_error):
     prob = _prediction(tmp_path / "prob.zarr", _prob())
     gt = _array(tmp_path / "gt.zarr", np.ones((6, 40, 30), np.uint32))
     assert _segment(prob, tmp_path / "new.zarr", "--labels", str(gt)) == 2
-    assert "same volume" in _error(capsys) and not (tmp_path / "new.zarr").exists()
+    assert "same volume" in cli_error() and not (tmp_path / "new.zarr").exists()
 
 
 @pytest.mark.parametrize("method", ["cc", "watershed"])
-def test_a_bad_block_found_late_removes_the_new_output_and_keeps_the_old(
-        tmp_path, capsys, monkeypatch, method):
+def test_a_bad_block_found_late_removes_the_new_output_and_keeps_the_old(tmp_path, capsys,
+                                                                         monkeypatch, method,
+                                                                         cli_error, digest):
     from masktwins_bio.inference import probability
 
     good = _prediction(tmp_path / "good.zarr", _prob())
@@ -132,17 +118,17 @@ def test_a_bad_block_found_late_removes_the_new_output_and_keeps_the_old(
     keep = tmp_path / "keep.zarr"
     args = ["--block", "2,20,20", "--method", method, "--seed-threshold", "0.7"]
     assert _segment(good, keep, *args) == 0
-    before = _digest(keep)
+    before = digest(keep)
     capsys.readouterr()
     monkeypatch.setattr(probability, "SAMPLE_BLOCKS", 1)   # only the first block up front
     assert _segment(bad, tmp_path / "new.zarr", *args) == 2
-    assert "z=2, y=20, x=0" in _error(capsys) and not (tmp_path / "new.zarr").exists()
+    assert "z=2, y=20, x=0" in cli_error() and not (tmp_path / "new.zarr").exists()
     assert _segment(bad, keep, "--overwrite", *args) == 2
-    assert "not probabilities" in _error(capsys) and _digest(keep) == before
+    assert "not probabilities" in cli_error() and digest(keep) == before
     assert _leftovers(tmp_path) == []
 
 
-def test_segment_refuses_what_is_not_a_probability_map(tmp_path, capsys):
+def test_segment_refuses_what_is_not_a_probability_map(tmp_path, cli_error):
     p = _prob()
     raw = tmp_path / "raw.tif"
     tifffile.imwrite(raw, (p * 255).astype(np.uint8))
@@ -151,7 +137,7 @@ def test_segment_refuses_what_is_not_a_probability_map(tmp_path, capsys):
     for src, words in cases:
         out = tmp_path / "out.zarr"
         assert _segment(src, out) == 2
-        assert words in _error(capsys) and not out.exists()
+        assert words in cli_error() and not out.exists()
     assert _leftovers(tmp_path) == []
 
 
@@ -176,37 +162,37 @@ def test_uint8_predictions_segment_and_evaluate_like_float_ones(tmp_path, capsys
     assert a.max() > 1 and np.array_equal(a, b)
 
 
-def test_unfinished_predictions_are_refused(tmp_path, capsys):
+def test_unfinished_predictions_are_refused(tmp_path, cli_error):
     part = _prediction(tmp_path / "part.zarr", _prob(), finish=False)
     labels = _array(tmp_path / "lab.zarr", np.ones(SHAPE, np.uint8))
     assert _segment(part, tmp_path / "seg.zarr") == 2
-    assert "predict --resume" in _error(capsys) and not (tmp_path / "seg.zarr").exists()
+    assert "predict --resume" in cli_error() and not (tmp_path / "seg.zarr").exists()
     assert _evaluate(part, labels) == 2
-    assert "predict --resume" in _error(capsys)
+    assert "predict --resume" in cli_error()
 
 
-def test_evaluate_tells_probabilities_from_instance_labels(tmp_path, capsys):
+def test_evaluate_tells_probabilities_from_instance_labels(tmp_path, cli_error):
     prob = _prediction(tmp_path / "prob.zarr", _prob())
     ids = _array(tmp_path / "ids.zarr", (_prob(seed=2) * 5).astype(np.uint16))
     assert _evaluate(prob, ids, "--instances") == 2
-    assert "segment" in _error(capsys)
+    assert "segment" in cli_error()
     uint8_prob = _prediction(tmp_path / "u.zarr", _prob(), "uint8")
     assert _evaluate(uint8_prob, ids, "--instances") == 2
-    assert "segment" in _error(capsys)
+    assert "segment" in cli_error()
     mask = _array(tmp_path / "mask.zarr", np.ones(SHAPE, np.uint8))
     assert _evaluate(ids, mask) == 2
-    message = _error(capsys)
+    message = cli_error()
     assert "--instances" in message and "sigmoid" not in message
 
 
 def test_ctrl_c_in_segment_removes_its_output_and_does_not_offer_resume(tmp_path, capsys,
-                                                                        monkeypatch):
+                                                                        monkeypatch, digest):
     from masktwins_bio.inference import instances
 
     prob = _prediction(tmp_path / "prob.zarr", _prob())
     keep = tmp_path / "keep.zarr"
     assert _segment(prob, keep, "--block", "2,20,20") == 0
-    before = _digest(keep)
+    before = digest(keep)
     capsys.readouterr()
 
     def interrupted(*args, **kwargs):
@@ -217,7 +203,7 @@ def test_ctrl_c_in_segment_removes_its_output_and_does_not_offer_resume(tmp_path
     assert "interrupted" in err and "--resume" not in err
     assert not (tmp_path / "new.zarr").exists()
     assert _segment(prob, keep, "--block", "2,20,20", "--overwrite") == 130
-    assert _digest(keep) == before and _leftovers(tmp_path) == []
+    assert digest(keep) == before and _leftovers(tmp_path) == []
 
 
 def test_ctrl_c_in_evaluate_does_not_offer_resume(tmp_path, capsys, monkeypatch):
@@ -234,11 +220,11 @@ def test_ctrl_c_in_evaluate_does_not_offer_resume(tmp_path, capsys, monkeypatch)
     assert "interrupted" in err and "--resume" not in err
 
 
-def test_segment_output_path_mistakes(tmp_path, capsys):
+def test_segment_output_path_mistakes(tmp_path, cli_error):
     prob = _prediction(tmp_path / "prob.zarr", _prob())
     assert _segment(prob, "") == 2
-    assert "give an output path" in _error(capsys)
+    assert "give an output path" in cli_error()
     a_file = tmp_path / "hostname"
     a_file.write_text("x")
     assert _segment(prob, a_file / "out.zarr") == 2
-    assert "is a file, not a folder" in _error(capsys)
+    assert "is a file, not a folder" in cli_error()

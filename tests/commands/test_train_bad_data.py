@@ -19,15 +19,6 @@ def _threads(one_torch_thread):
     pass
 
 
-def _fails(args, capsys, match: str) -> str:
-    capsys.readouterr()
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert match in err, err
-    return err
-
-
 def _instance_ids(path, shape):
     """Instance labels (ids up to 1000 in every 32x32 crop): they cannot be binarised."""
     ids = (np.indices(shape).sum(0) % 2 * 1000).astype(np.int32)
@@ -56,22 +47,22 @@ def test_worker_error_comes_back_as_its_own_sentence():
     assert sentence(InputError("Caught nothing; plain text.")) == "Caught nothing; plain text."
 
 
-def test_streamed_label_error_is_one_sentence_and_blocks_no_rerun(tmp_path, train_args, capsys):
+def test_streamed_label_error_is_one_sentence_and_blocks_no_rerun(tmp_path, train_args, cli_fails):
     run = tmp_path / "run"
     ids = _instance_ids(tmp_path / "ids.tif", (3, 64, 64))
     stream = ["data.stream=always", "data.workers=1"]
-    err = _fails(_set(train_args(run, extra=stream), "--source-label", ids), capsys, "ids.tif")
+    err = cli_fails(_set(train_args(run, extra=stream), "--source-label", ids), "ids.tif")
     assert "cannot be binarised" in err and "Caught" not in err and "worker" not in err
     assert not run.exists()  # nothing of the failed run is left to refuse the next one
     assert main(train_args(run, extra=["data.stream=always", "data.workers=0"])) == 0
     assert (run / "checkpoints" / "last.pt").is_file()
 
 
-def test_failed_run_keeps_an_existing_empty_output_dir(tmp_path, train_args, capsys):
+def test_failed_run_keeps_an_existing_empty_output_dir(tmp_path, train_args, cli_fails):
     run = tmp_path / "run"
     run.mkdir()
     ids = _instance_ids(tmp_path / "ids.tif", (3, 64, 64))
-    _fails(_set(train_args(run), "--source-label", ids), capsys, "ids.tif")
+    cli_fails(_set(train_args(run), "--source-label", ids), "ids.tif")
     assert run.is_dir() and list(run.iterdir()) == []
 
 
@@ -90,12 +81,12 @@ def test_only_an_unstarted_run_is_discarded(tmp_path):
     assert sorted(p.name for p in unstarted.iterdir()) == ["notes.txt"]
 
 
-def test_constant_image_in_memory_names_the_file(tmp_path, train_args, capsys):
+def test_constant_image_in_memory_names_the_file(tmp_path, train_args, cli_fails):
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, np.full((3, 64, 64), 9, np.uint8), photometric="minisblack")
     run = tmp_path / "run"
-    _fails(_set(train_args(run), "--target-image", str(flat)), capsys,
-           f"The target image '{flat}' has a constant intensity")
+    cli_fails(_set(train_args(run), "--target-image", str(flat)),
+              f"The target image '{flat}' has a constant intensity")
     assert not run.exists()
 
 
@@ -106,15 +97,15 @@ def test_constant_image_in_memory_names_the_file(tmp_path, train_args, capsys):
                 "{lab}"], "--source-image and --source-label would be"),
     ("target", ["--target", "synthetic-target", "--target-image", "{src}"],
      "--target-image would be")])
-def test_dataset_name_with_paths_is_refused(tmp_path, tiny_data, tiny_config, capsys, role,
-                                            flags, match):
+def test_dataset_name_with_paths_is_refused(tmp_path, tiny_data, tiny_config, role, flags, match,
+                                            cli_fails):
     src, lab = tiny_data["source2d"]
     given = [f.format(src=src, lab=lab) for f in flags]
     other = (["--target-image", tiny_data["target2d"][0]] if role == "source"
              else ["--source-image", src, "--source-label", lab])
     run = tmp_path / "run"
-    _fails(["train", *given, *other, "--config", tiny_config[2], "--out", str(run), "--device",
-            "cpu", "--quiet"], capsys, match)
+    cli_fails(["train", *given, *other, "--config", tiny_config[2], "--out", str(run), "--device",
+               "cpu", "--quiet"], match)
     assert not run.exists()
 
 

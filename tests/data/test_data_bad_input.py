@@ -1,9 +1,7 @@
 """User mistakes against convert and volume specs: one sentence, exit 2, nothing of theirs lost."""
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 import h5py
 import nibabel
@@ -22,23 +20,6 @@ from masktwins_bio.data.volumes import open_volume
 from masktwins_bio.errors import InputError
 
 VOL = np.random.default_rng(2).integers(0, 256, (4, 16, 16), dtype=np.uint8)
-
-
-def _fails(args, capsys, match: str) -> str:
-    capsys.readouterr()
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert match in err, err
-    return err
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(Path(path).rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(path)).encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture
@@ -64,27 +45,27 @@ def data(tmp_path):
 
 # -- 2: an output location that cannot be created ---------------------------------------------
 @pytest.mark.parametrize("inside", ["afile/out.zarr", "afile/deeper/out.zarr"])
-def test_output_under_a_file_is_refused_by_name(data, capsys, inside):
+def test_output_under_a_file_is_refused_by_name(data, inside, cli_fails):
     (data / "afile").write_text("mine")
-    err = _fails(["convert", str(data / "stack.tif"), str(data / inside), "--quiet"], capsys,
-                 "is a file")
+    err = cli_fails(["convert", str(data / "stack.tif"), str(data / inside), "--quiet"],
+                    "is a file")
     assert str(data / "afile") in err
     assert (data / "afile").read_text() == "mine"
 
 
-def test_unwritable_output_location_is_one_sentence(data, capsys, monkeypatch):
+def test_unwritable_output_location_is_one_sentence(data, monkeypatch, cli_fails):
     def refuse(path, mode=0o777):
         raise PermissionError(1, "Operation not permitted", str(path))
     monkeypatch.setattr(os, "mkdir", refuse)
-    err = _fails(["convert", str(data / "stack.tif"), str(data / "new" / "out.zarr"), "--quiet"],
-                 capsys, "choose a writable location")
+    err = cli_fails(["convert", str(data / "stack.tif"), str(data / "new" / "out.zarr"),
+                     "--quiet"], "choose a writable location")
     assert "Operation not permitted" in err and "out.zarr" in err
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
-def test_output_in_a_folder_that_takes_no_new_entries(data, capsys):
-    _fails(["convert", str(data / "stack.tif"), "/proc/out.zarr", "--quiet"], capsys,
-           "Cannot create '/proc/out.zarr'")
+def test_output_in_a_folder_that_takes_no_new_entries(data, cli_fails):
+    cli_fails(["convert", str(data / "stack.tif"), "/proc/out.zarr", "--quiet"],
+              "Cannot create '/proc/out.zarr'")
 
 
 def test_failed_conversion_removes_the_folders_it_created(data):
@@ -96,9 +77,9 @@ def test_failed_conversion_removes_the_folders_it_created(data):
 
 # -- 3 and 10: label names --------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["..", ".", "", "a b", "a*b"])
-def test_label_names_must_be_plain(data, capsys, name):
-    _fails(["convert", f"{data}/d.h5:volumes/raw", str(data / "l.ome.zarr"), "--quiet",
-            "--labels", f"{name}={data}/d.h5:volumes/labels"], capsys, "Label name")
+def test_label_names_must_be_plain(data, name, cli_fails):
+    cli_fails(["convert", f"{data}/d.h5:volumes/raw", str(data / "l.ome.zarr"), "--quiet",
+               "--labels", f"{name}={data}/d.h5:volumes/labels"], "Label name")
     assert not (data / "l.ome.zarr").exists()
 
 
@@ -108,14 +89,14 @@ def test_label_name_rule_holds_for_the_library_too(data):
                        labels={"..": f"{data}/d.h5:volumes/labels"}, show_progress=False)
 
 
-def test_duplicate_label_names_are_refused(data, capsys):
-    _fails(["convert", f"{data}/d.h5:volumes/raw", str(data / "l.ome.zarr"), "--quiet",
-            "--labels", f"x={data}/d.h5:volumes/labels", "--labels", f"x={data}/d.h5:boolv"],
-           capsys, "'x' twice")
+def test_duplicate_label_names_are_refused(data, cli_fails):
+    cli_fails(["convert", f"{data}/d.h5:volumes/raw", str(data / "l.ome.zarr"), "--quiet",
+               "--labels", f"x={data}/d.h5:volumes/labels", "--labels", f"x={data}/d.h5:boolv"],
+              "'x' twice")
     assert not (data / "l.ome.zarr").exists()
 
 
-def test_unnamed_and_spec_like_labels_still_get_names(data, capsys):
+def test_unnamed_and_spec_like_labels_still_get_names(data):
     out = data / "l.ome.zarr"
     assert main(["convert", f"{data}/d.h5:volumes/raw", str(out), "--quiet",
                  "--labels", f"{data}/d.h5:boolv", "--labels", f"{data}/d.h5:volumes/labels",
@@ -130,18 +111,18 @@ def test_unnamed_and_spec_like_labels_still_get_names(data, capsys):
     ("g.zarr:raw#channel=0", "g.zarr", "replace its own input"),
     ("g.zarr:sub/inner", "g.zarr/sub/new.zarr", "inside its input"),
     ("slices", "slices/new.zarr", "inside its input")])
-def test_input_given_with_key_is_never_overwritten(data, capsys, spec, out, match):
-    before = _digest(data)
-    _fails(["convert", str(data / spec), str(data / out), "--overwrite", "--quiet"], capsys,
-           match)
-    assert _digest(data) == before
+def test_input_given_with_key_is_never_overwritten(data, spec, out, match, cli_fails, digest):
+    before = digest(data)
+    cli_fails(["convert", str(data / spec), str(data / out), "--overwrite", "--quiet"],
+              match)
+    assert digest(data) == before
 
 
-def test_label_input_is_never_overwritten(data, capsys):
-    before = _digest(data)
-    _fails(["convert", str(data / "stack.tif"), str(data / "g.zarr"), "--overwrite", "--quiet",
-            "--labels", f"{data}/g.zarr:raw"], capsys, "replace its own input")
-    assert _digest(data) == before
+def test_label_input_is_never_overwritten(data, cli_fails, digest):
+    before = digest(data)
+    cli_fails(["convert", str(data / "stack.tif"), str(data / "g.zarr"), "--overwrite", "--quiet",
+               "--labels", f"{data}/g.zarr:raw"], "replace its own input")
+    assert digest(data) == before
 
 
 def test_overwrite_onto_a_file_leaves_nothing_behind(data):
@@ -173,9 +154,9 @@ def test_hdf5_channels_first_volume_still_reads(tmp_path):
 
 # -- 8: voxel sizes ---------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["nan,1,1", "1,inf,1", "1,1,-inf", "0,1,1"])
-def test_non_finite_voxel_size_is_refused(data, capsys, bad):
-    _fails(["convert", str(data / "stack.tif"), str(data / "v.zarr"), "--voxel-size", bad,
-            "--quiet"], capsys, "finite")
+def test_non_finite_voxel_size_is_refused(data, bad, cli_fails):
+    cli_fails(["convert", str(data / "stack.tif"), str(data / "v.zarr"), "--voxel-size", bad,
+               "--quiet"], "finite")
     assert not (data / "v.zarr").exists()
 
 
@@ -244,13 +225,13 @@ def test_constant_and_nan_volumes_are_named(tmp_path):
         compute_stats(np.zeros((1, 4, 4)))
 
 
-def test_data_root_that_is_a_file_or_empty(tmp_path, capsys):
+def test_data_root_that_is_a_file_or_empty(tmp_path, cli_fails):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         data_root(tmp_path / "afile")
-    _fails(["datasets", "--data-root", str(tmp_path / "afile")], capsys, "is a file")
-    _fails(["datasets", "--data-root", ""], capsys, "--data-root is empty")
-    _fails(["download", "vnc", "--data-root", ""], capsys, "--data-root is empty")
+    cli_fails(["datasets", "--data-root", str(tmp_path / "afile")], "is a file")
+    cli_fails(["datasets", "--data-root", ""], "--data-root is empty")
+    cli_fails(["download", "vnc", "--data-root", ""], "--data-root is empty")
 
 
 def test_a_zarr_group_without_arrays_says_so(tmp_path):

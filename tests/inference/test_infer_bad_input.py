@@ -4,7 +4,6 @@ Covers the output rules (a .zarr name, never a file, a foreign folder or the inp
 options checked before the output exists (--dask, --streams, --threshold), the checkpoint
 contents in the --resume fingerprint, and the wording of a few messages.
 """
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -22,22 +21,6 @@ def _predict(ckpt, src, out, *extra):
                  "--device", "cpu", "--quiet", "--threads", "1", *extra])
 
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("masktwins-bio: error: "), err
-    return err[0]
-
-
-def _digest(path: Path) -> str:
-    """Hash of a file, or of every file under a folder (names and bytes)."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path.parent)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 @pytest.fixture
 def small(tmp_path):
     """A (3, 40, 40) uint8 TIFF copy in tmp_path (its own folder, so nothing is shared)."""
@@ -48,53 +31,54 @@ def small(tmp_path):
     return src
 
 
-def test_overwrite_never_replaces_the_input_or_a_file(tmp_path, ckpts, small, capsys):
-    before = _digest(small)
+def test_overwrite_never_replaces_the_input_or_a_file(tmp_path, ckpts, small, cli_error, digest):
+    before = digest(small)
     assert _predict(ckpts[2], small, small, "--overwrite") == 2
-    assert "ending in .zarr" in _error(capsys) and _digest(small) == before
+    assert "ending in .zarr" in cli_error() and digest(small) == before
     user_file = tmp_path / "notes.zarr"
     user_file.write_text("mine")
     assert _predict(ckpts[2], small, user_file, "--overwrite") == 2
-    assert "is a file" in _error(capsys) and user_file.read_text() == "mine"
+    assert "is a file" in cli_error() and user_file.read_text() == "mine"
     folder = tmp_path / "stuff.zarr"
     folder.mkdir()
     (folder / "a.txt").write_text("mine")
     assert _predict(ckpts[2], small, folder, "--overwrite") == 2
-    assert "no zarr data" in _error(capsys) and (folder / "a.txt").read_text() == "mine"
+    assert "no zarr data" in cli_error() and (folder / "a.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("suffix", ["", ":raw"])
 @pytest.mark.parametrize("overwrite", [True, False])
-def test_output_is_never_the_input_zarr(tmp_path, ckpts, capsys, suffix, overwrite):
+def test_output_is_never_the_input_zarr(tmp_path, ckpts, suffix, overwrite, cli_error, digest):
     store = tmp_path / "in.zarr"
     if suffix:
         group = zarr.open_group(str(store), mode="w")
         group.create_array("raw", shape=(2, 40, 40), dtype="uint8")[:] = 7
     else:
         zarr.create_array(store=str(store), shape=(2, 40, 40), dtype="uint8")[:] = 7
-    before = _digest(store)
+    before = digest(store)
     extra = ["--overwrite"] if overwrite else []
     assert _predict(ckpts[2], f"{store}{suffix}", store, *extra) == 2
-    assert "its own input" in _error(capsys) and _digest(store) == before
+    assert "its own input" in cli_error() and digest(store) == before
 
 
-def test_bad_dask_and_streams_leave_outputs_alone(tmp_path, ckpts, small, capsys):
+def test_bad_dask_and_streams_leave_outputs_alone(tmp_path, ckpts, small, capsys, cli_error,
+                                                  digest):
     pytest.importorskip("distributed")
     keep = tmp_path / "keep.zarr"
     assert _predict(ckpts[2], small, keep) == 0
-    before = _digest(keep)
+    before = digest(keep)
     capsys.readouterr()
     cases = [(["--dask", "local:0"], "worker count"), (["--dask", "foo"], "scheduler address"),
              (["--dask", "tcp://host"], "scheduler address"), (["--streams", "0"], "--streams"),
              (["--streams", "-1"], "--streams")]
     for extra, words in cases:
         assert _predict(ckpts[2], small, keep, "--overwrite", *extra) == 2
-        assert words in _error(capsys) and _digest(keep) == before
+        assert words in cli_error() and digest(keep) == before
         assert _predict(ckpts[2], small, tmp_path / "new.zarr", *extra) == 2
-        assert words in _error(capsys) and not (tmp_path / "new.zarr").exists()
+        assert words in cli_error() and not (tmp_path / "new.zarr").exists()
 
 
-def test_unreachable_scheduler_leaves_no_output(tmp_path, ckpts, small, capsys, monkeypatch):
+def test_unreachable_scheduler_leaves_no_output(tmp_path, ckpts, small, monkeypatch, cli_error):
     pytest.importorskip("distributed")
     from masktwins_bio.inference import cluster
 
@@ -103,21 +87,21 @@ def test_unreachable_scheduler_leaves_no_output(tmp_path, ckpts, small, capsys, 
     monkeypatch.setattr(cluster, "_client", unreachable)
     out = tmp_path / "p.zarr"
     assert _predict(ckpts[2], small, out, "--dask", "tcp://127.0.0.1:1") == 2
-    assert "Cannot reach" in _error(capsys) and not out.exists()
+    assert "Cannot reach" in cli_error() and not out.exists()
     # The same command, corrected, starts afresh: nothing half-made is in its way.
     monkeypatch.undo()
     assert _predict(ckpts[2], small, out) == 0
 
 
-def test_threshold_without_ome_is_refused_before_the_model_loads(tmp_path, ckpts, small, capsys,
-                                                                 monkeypatch):
+def test_threshold_without_ome_is_refused_before_the_model_loads(tmp_path, ckpts, small,
+                                                                 monkeypatch, cli_error):
     from masktwins_bio.inference import model_io
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the output name was checked")
     monkeypatch.setattr(model_io, "load_model", no_load)
     assert _predict(ckpts[2], small, tmp_path / "p4.zarr", "--threshold", "0.5") == 2
-    assert "p4.ome.zarr" in _error(capsys)
+    assert "p4.ome.zarr" in cli_error()
 
 
 def _other_weights(src: str, dst: Path) -> None:
@@ -129,8 +113,8 @@ def _other_weights(src: str, dst: Path) -> None:
     save_checkpoint(state, dst)
 
 
-def test_resume_refuses_another_checkpoint_saved_at_the_same_path(tmp_path, ckpts, small,
-                                                                  capsys, monkeypatch):
+def test_resume_refuses_another_checkpoint_saved_at_the_same_path(tmp_path, ckpts, small, capsys,
+                                                                  monkeypatch, cli_error):
     from masktwins_bio.inference import predict as predict_module
 
     ckpt = tmp_path / "ck.pt"
@@ -145,15 +129,15 @@ def test_resume_refuses_another_checkpoint_saved_at_the_same_path(tmp_path, ckpt
     _other_weights(ckpts[2], ckpt)
     capsys.readouterr()
     assert _predict(ckpt, small, out, "--block", "1,20,20", "--resume") == 2
-    assert "not the one" in _error(capsys)
+    assert "not the one" in cli_error()
     assert not zarr.open_array(str(out), mode="r").attrs["masktwins_bio"]["complete"]
     shutil.copy(ckpts[2], ckpt)                                       # the original again
     assert _predict(ckpt, small, out, "--block", "1,20,20", "--resume") == 0
 
 
-def test_checkpoint_mismatch_is_told_in_whole_words(tmp_path, ckpts, small, capsys):
+def test_checkpoint_mismatch_is_told_in_whole_words(tmp_path, ckpts, small, cli_error):
     assert _predict(ckpts["rgb"], small, tmp_path / "rgb.zarr") == 2
-    message = _error(capsys)
+    message = cli_error()
     assert "shape [4, 3, 3, 3] but the config builds [4, 1, 3, 3])" in message
     assert "one grey channel" in message
 
@@ -168,13 +152,13 @@ def test_long_torch_messages_are_cut_between_words():
     assert line.startswith(kept) and line[len(kept)] in " ,"       # ends at a word boundary
 
 
-def test_output_path_mistakes_get_their_own_sentence(tmp_path, ckpts, small, capsys):
+def test_output_path_mistakes_get_their_own_sentence(tmp_path, ckpts, small, cli_error):
     assert _predict(ckpts[2], small, "") == 2
-    assert "give an output path" in _error(capsys)
+    assert "give an output path" in cli_error()
     a_file = tmp_path / "hostname"
     a_file.write_text("x")
     assert _predict(ckpts[2], small, a_file / "out.zarr") == 2
-    assert "is a file, not a folder" in _error(capsys)
+    assert "is a file, not a folder" in cli_error()
     assert _predict(ckpts[2], small, a_file / "deeper" / "out.zarr") == 2
-    assert "is a file, not a folder" in _error(capsys)
+    assert "is a file, not a folder" in cli_error()
     assert a_file.read_text() == "x"

@@ -21,12 +21,6 @@ def _predict(ckpt, src, out, *extra):
                  "--device", "cpu", "--quiet", "--threads", "1", *extra])
 
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("masktwins-bio: error: ")
-    return err[0]
-
-
 def test_ome_output_with_mask_voxel_size_and_dtypes(tmp_path, ckpts, volume):
     out = tmp_path / "p.ome.zarr"
     assert _predict(ckpts[2], volume, out, "--threshold", "0.5", "--block", "4,32,40") == 0
@@ -56,38 +50,38 @@ def test_3d_network_and_window_larger_than_volume(tmp_path, ckpts):
     assert zarr.open_array(str(out), mode="r").shape == (5, 20, 24)
 
 
-def test_bad_inputs_say_one_sentence_and_exit_2(tmp_path, ckpts, volume, capsys):
+def test_bad_inputs_say_one_sentence_and_exit_2(tmp_path, ckpts, volume, capsys, cli_error):
     out = tmp_path / "p.zarr"
     assert _predict(ckpts[2], volume, out) == 0
     before = (out / "zarr.json").read_bytes()
     capsys.readouterr()
     assert _predict(ckpts[2], volume, out) == 2
-    assert "exists" in _error(capsys) and (out / "zarr.json").read_bytes() == before
+    assert "exists" in cli_error() and (out / "zarr.json").read_bytes() == before
     assert _predict(ckpts[2], volume, out, "--resume", "--overlap", "0.5") == 2
-    assert "another overlap" in _error(capsys)
+    assert "another overlap" in cli_error()
     assert _predict(ckpts["rgb"], volume, tmp_path / "rgb.zarr") == 2
-    assert "one grey" in _error(capsys)
+    assert "one grey" in cli_error()
     image2d = tmp_path / "one.tif"
     tifffile.imwrite(image2d, np.zeros((40, 40), np.uint8))
     assert _predict(ckpts[3], str(image2d), tmp_path / "x.zarr") == 2
-    assert "3D network" in _error(capsys)
+    assert "3D network" in cli_error()
     text = tmp_path / "notes.txt"
     text.write_text("not a volume")
     assert _predict(ckpts[2], str(text), tmp_path / "y.zarr") == 2
-    assert "Unsupported file type" in _error(capsys)
+    assert "Unsupported file type" in cli_error()
     assert _predict(ckpts[2], volume, tmp_path / "missing" / "z.zarr") == 2
-    assert "does not exist" in _error(capsys)
+    assert "does not exist" in cli_error()
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
         if not os.access(locked, os.W_OK):  # root ignores permissions
             assert _predict(ckpts[2], volume, locked / "z.zarr") == 2
-            assert "permission denied" in _error(capsys)
+            assert "permission denied" in cli_error()
     finally:
         locked.chmod(0o700)
     assert _predict(ckpts[2], volume, tmp_path / "m.zarr", "--threshold", "0.5") == 2
-    assert "OME-Zarr" in _error(capsys)
+    assert "OME-Zarr" in cli_error()
 
 
 def test_killed_run_resumes_to_identical_bytes(tmp_path, ckpts, volume):
@@ -150,7 +144,7 @@ def test_intensity_stats_are_computed_once_per_volume(tmp_path, ckpts, monkeypat
     np.testing.assert_array_equal(a, zarr.open_array(str(tmp_path / "b.zarr"), mode="r")[:])
 
 
-def test_compiled_network_predicts_what_the_eager_one_does(tmp_path, ckpts, volume, capsys):
+def test_compiled_network_predicts_what_the_eager_one_does(tmp_path, ckpts, volume, cli_error):
     """--compile on gives the probabilities of --compile off within 1e-4 (the compiled network
     itself: test_infer_blend.py); a resume must keep the setting."""
     # batch 3 over 4-window rows: full and short batches both run through the compiled net.
@@ -163,7 +157,7 @@ def test_compiled_network_predicts_what_the_eager_one_does(tmp_path, ckpts, volu
     assert np.abs(on - off).max() <= 1e-4
     assert _predict(ckpts[2], volume, tmp_path / "on.zarr", "--compile", "off",
                     "--batch-size", "3", "--resume") == 2
-    assert "another compile" in _error(capsys)
+    assert "another compile" in cli_error()
 
 
 def test_compile_auto_rule():
