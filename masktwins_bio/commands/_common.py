@@ -16,6 +16,16 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() or (path / "checkpoints").is_dir()
 
 
+def clear_run(out: Path, strict: bool = True) -> None:
+    """Remove a run's own files and folders from ``out`` (nothing else that lives there);
+    ``strict=False`` while another error is on its way up: that one is the user's."""
+    for name in (*RUN_FILES, "summary.json.tmp"):
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name, ignore_errors=not strict)
+
+
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool, clear: bool = True) -> None:
     """Refuse to mix two runs in one directory; never touch files the toolkit did not write.
 
@@ -40,11 +50,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, clear: bool = True
                              "to continue it or --overwrite to replace it.")
         if not clear:
             return
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for name in RUN_DIRS:
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
+        clear_run(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from ..config import METHODS, RunConfig, build_config, load_yaml, save_yaml
 from ..errors import ConfigError, InputError
-from ._common import RUN_DIRS, RUN_FILES, config_layers, prepare_run_dir
+from ._common import clear_run, config_layers, prepare_run_dir
 
 SYNTHETIC = {"synthetic-source": "source", "synthetic-target": "target"}
 
@@ -335,10 +334,7 @@ def _discard_unstarted_run(out: Path, new_dir: bool) -> None:
     (only the run's own files), so that a corrected command is not refused as 'another run'."""
     if (out / "checkpoints" / "last.pt").is_file():
         return
-    for name in (*RUN_FILES, "summary.json.tmp"):
-        (out / name).unlink(missing_ok=True)
-    for name in RUN_DIRS:
-        shutil.rmtree(out / name, ignore_errors=True)
+    clear_run(out, strict=False)
     if new_dir:
         try:
             out.rmdir()
