@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"masktwins-bio: error: {sentence(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("masktwins-bio: interrupted; train and predict continue where they stopped with "
-              "--resume.", file=sys.stderr)
+        print("masktwins-bio: interrupted; train, predict and convert continue where they "
+              "stopped with --resume.", file=sys.stderr)
         return 130
 
 

@@ -2,7 +2,8 @@
 
 Out of core (memory bounded by one block, whatever the input size), with voxel-size metadata,
 intensity statistics for training, optional pyramid levels and label images. An existing output
-is kept unless ``--overwrite`` is given; the output appears only once complete.
+is kept unless ``--overwrite`` is given; the output appears only once complete, and a stopped
+conversion continues with ``--resume``.
 """
 from __future__ import annotations
 
@@ -65,7 +66,10 @@ def register(sub) -> None:
                    help="label volume to store under labels/NAME (default name 'mito'); repeat")
     p.add_argument("--instances", action="store_true",
                    help="labels are instance ids: foreground is every id > 0")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (or a stopped run's unfinished one)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a conversion that was stopped (killed or interrupted)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -78,7 +82,7 @@ def run(args) -> int:
     out = convert_volume(args.input, args.output, chunks=chunks, overwrite=args.overwrite,
                          levels=args.levels, voxel_size=_floats(args.voxel_size, "--voxel-size"),
                          labels=labels, label_rule="nonzero" if args.instances else "binarise",
-                         show_progress=not args.quiet)
+                         show_progress=not args.quiet, resume=args.resume)
     from ..data.volumes import open_volume
     with open_volume(out) as vol:
         vs = f", voxel size {vol.voxel_size} nm" if vol.voxel_size else ""

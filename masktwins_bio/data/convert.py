@@ -5,14 +5,15 @@ the input size), writes NGFF 0.5 metadata with the voxel size (from the input, o
 optional pyramid (``levels``), optional label images under ``labels/<name>``, and the volume's
 intensity statistics (``attrs["masktwins"]["intensity"]``, sampled while copying, so the
 sampler never recomputes them). The result appears only when complete: it is written to a hidden
-sibling folder and renamed into place; an existing output is kept unless ``overwrite=True``.
+sibling folder and renamed into place; an existing output is kept unless ``overwrite=True``. A
+stopped conversion continues with ``resume=True`` and gives the bytes an uninterrupted one gives
+(:mod:`.partial`).
 """
 from __future__ import annotations
 
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ import numpy as np
 from ..errors import InputError
 from .normalize import compute_stats
 from .ome_zarr import copy_blocks, create_level, downsample_level, multiscales_meta
-from .paths import make_folder, make_parents, remove_empty, swap_into_place
+from .partial import PartialOutput, describe_inputs
+from .paths import make_parents, remove_empty
 from .spec import parse_spec
 from .volumes import Volume, binarise_labels, open_volume
 
@@ -76,20 +78,30 @@ def check_voxel_size(values) -> tuple | None:
 
 
 class _StatsSampler:
-    """Evenly strided voxels collected from each block while it is copied."""
+    """Evenly strided voxels collected from each block while it is copied; each block's part is
+    also kept in the partial output, so a resumed run samples exactly what an uninterrupted one
+    does."""
 
-    def __init__(self, shape: tuple):
+    def __init__(self, shape: tuple, partial: PartialOutput):
         stride = max(1, math.ceil(math.prod(shape) / _STATS_SAMPLES))
         self.step = max(1, round(stride ** (1 / 3)))
-        self.parts: list = []
+        self.partial = partial
+        self.parts: dict = {}
 
     def __call__(self, block, data) -> None:
         offsets = [(-s.start) % self.step for s in block]
         part = data[offsets[0]::self.step, offsets[1]::self.step, offsets[2]::self.step]
-        self.parts.append(np.asarray(part, dtype=np.float32).ravel())
+        corner = tuple(s.start for s in block)
+        self.parts[corner] = np.asarray(part, dtype=np.float32).ravel()
+        self.partial.save_sample(corner, self.parts[corner])
+
+    def resumed(self, corners) -> None:
+        for corner in corners:
+            self.parts[corner] = self.partial.load_sample(corner)
 
     def stats(self, name: str):
-        sample = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+        parts = [self.parts[c] for c in sorted(self.parts)]  # block order, as copied
+        sample = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         return compute_stats(sample[np.newaxis, np.newaxis], name=name)
 
 
@@ -112,18 +124,35 @@ def _progress(total: int, what: str, show: bool):
     return bar
 
 
+def _level(group, path: str, shape, dtype, chunks, is_label, resumed: bool):
+    """The array ``path`` of ``group``: created, or the one a resumed run made before."""
+    if resumed and path in group:
+        return group[path]
+    return create_level(group, path, shape, dtype, chunks, is_label)
+
+
 def _write_image(group, vol_or_read, shape, dtype, chunks, levels, voxel_size, name,
-                 is_label, show, on_block=None) -> None:
+                 is_label, show, partial: PartialOutput, resumed: bool,
+                 sampler: _StatsSampler | None = None) -> None:
     bar = _progress(math.prod(shape), name, show)
+    prefix = group.path + "/" if group.path else ""
+
+    def ledger(path):
+        key = prefix + path
+        return dict(done=partial.done(key) if resumed else frozenset(),
+                    on_done=lambda corner: partial.mark(key, corner))
     try:
-        level0 = create_level(group, "0", shape, dtype, chunks, is_label)
+        level0 = _level(group, "0", shape, dtype, chunks, is_label, resumed)
         read = vol_or_read if callable(vol_or_read) else (lambda b: vol_or_read[b])
-        copy_blocks(read, level0, bar.update, on_block)
+        progress = ledger("0")
+        if sampler is not None:
+            sampler.resumed(progress["done"])
+        copy_blocks(read, level0, bar.update, sampler, **progress)
         prev = level0
         for k in range(1, levels):
             small = tuple([prev.shape[0]] + [max(1, -(-n // 2)) for n in prev.shape[1:]])
-            level = create_level(group, str(k), small, dtype, chunks, is_label)
-            downsample_level(prev, level, is_label, bar.update)
+            level = _level(group, str(k), small, dtype, chunks, is_label, resumed)
+            downsample_level(prev, level, is_label, bar.update, **ledger(str(k)))
             prev = level
     finally:
         bar.close()
@@ -134,12 +163,14 @@ def _write_image(group, vol_or_read, shape, dtype, chunks, levels, voxel_size, n
 def convert_volume(src, out, *, chunks: tuple = DEFAULT_CHUNKS, overwrite: bool = False,
                    levels: int = 1, voxel_size: tuple | None = None,
                    labels: dict | None = None, label_rule: str = "binarise",
-                   show_progress: bool = True) -> Path:
+                   show_progress: bool = True, resume: bool = False) -> Path:
     """Write ``src`` (a spec or Volume) as an OME-Zarr image at ``out`` and return its path.
 
     ``labels`` maps a label name to a spec of the same shape, written as a uint8 0/1 label image
     (``label_rule`` "binarise": :func:`binarise_labels`; "nonzero": instance ids > 0).
     ``voxel_size`` (z, y, x nm) overrides the input's. ``chunks`` are the inner chunks (z, y, x).
+    ``resume`` continues the unfinished conversion a stopped run left; ``overwrite`` also
+    replaces one (see :class:`.partial.PartialOutput`).
     """
     out = Path(out)
     check_label_names(labels or {})
@@ -157,12 +188,25 @@ def convert_volume(src, out, *, chunks: tuple = DEFAULT_CHUNKS, overwrite: bool 
                 raise InputError(f"Labels '{lab.path}' have shape {lab.shape} but the image has "
                                  f"{vol.shape}; give labels of the same shape.")
         created = make_parents(out)
+        partial = PartialOutput(out)
+        run = {"inputs": describe_inputs({"image": vol.path, **{
+                   f"labels/{name}": lab.path for name, lab in label_vols.items()}}),
+               "shape": list(vol.shape), "dtype": str(vol.dtype), "chunks": list(chunks),
+               "levels": int(levels), "voxel_size": voxel_size, "label_rule": label_rule}
         try:
-            _write(vol, label_vols, out, chunks, levels, voxel_size or vol.voxel_size,
-                   label_rule, show_progress)
+            resumed = partial.open(run, resume, overwrite)
         except BaseException:
             remove_empty(created)
             raise
+        try:
+            _write(vol, label_vols, partial, resumed, chunks, levels,
+                   voxel_size or vol.voxel_size, label_rule, show_progress)
+        except Exception:
+            partial.discard()  # a conversion that failed on its data: nothing half-written
+            remove_empty(created)
+            raise
+        finally:
+            partial.close()  # a stopped run (Ctrl-C) keeps its partial output for --resume
     finally:
         vol.close()
         for lab in label_vols.values():
@@ -170,31 +214,25 @@ def convert_volume(src, out, *, chunks: tuple = DEFAULT_CHUNKS, overwrite: bool 
     return out
 
 
-def _write(vol: Volume, label_vols: dict, out: Path, chunks, levels, voxel_size, label_rule,
-           show_progress) -> None:
-    """Write the image and its labels to a hidden sibling of ``out``, then swap it in."""
+def _write(vol: Volume, label_vols: dict, partial: PartialOutput, resumed: bool, chunks, levels,
+           voxel_size, label_rule, show_progress) -> None:
+    """Write the image and its labels into the partial output, then rename it into place."""
     import zarr
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_folder(tmp, out)
-    try:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        sampler = _StatsSampler(vol.shape)
-        _write_image(root, vol, vol.shape, vol.dtype, chunks, levels, voxel_size,
-                     out.name.split(".")[0], False, show_progress, on_block=sampler)
-        extra = {"source": str(vol.path), "intensity": sampler.stats(str(vol.path)).to_dict()}
-        if label_vols:
-            group = root.create_group("labels")
-            for name, lab in label_vols.items():
-                _write_image(group.create_group(name), _label_reader(lab, label_rule), vol.shape,
-                             np.uint8, chunks, levels, voxel_size, name, True, show_progress)
-                group[name].attrs["image-label"] = {"version": "0.5",
-                                                    "source": {"image": "../../"}}
-            group.attrs["ome"] = {"version": "0.5", "labels": list(label_vols)}
-        attrs = dict(root.attrs)
-        attrs["masktwins"] = extra
-        root.attrs.update(attrs)
-        swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    root = zarr.open_group(str(partial.path), mode="a", zarr_format=3)  # "w" would empty it
+    sampler = _StatsSampler(vol.shape, partial)
+    _write_image(root, vol, vol.shape, vol.dtype, chunks, levels, voxel_size,
+                 partial.out.name.split(".")[0], False, show_progress, partial, resumed,
+                 sampler)
+    extra = {"source": str(vol.path), "intensity": sampler.stats(str(vol.path)).to_dict()}
+    if label_vols:
+        group = root.require_group("labels")
+        for name, lab in label_vols.items():
+            _write_image(group.require_group(name), _label_reader(lab, label_rule), vol.shape,
+                         np.uint8, chunks, levels, voxel_size, name, True, show_progress,
+                         partial, resumed)
+            group[name].attrs["image-label"] = {"version": "0.5", "source": {"image": "../../"}}
+        group.attrs["ome"] = {"version": "0.5", "labels": list(label_vols)}
+    attrs = dict(root.attrs)
+    attrs["masktwins"] = extra
+    root.attrs.update(attrs)
+    partial.finish()

@@ -62,8 +62,10 @@ def shard_shape(chunks: tuple, shape: tuple, itemsize: int) -> tuple:
     return tuple(min(s, -(-n // c) * c) for s, n, c in zip(shard, shape, chunks))
 
 
-def block_shape(unit: tuple, shape: tuple, itemsize: int, budget: int = BLOCK_BYTES) -> tuple:
-    """A copy block: whole ``unit``s (shards), grown in x, then y, then z, within ``budget``."""
+def block_shape(unit: tuple, shape: tuple, itemsize: int, budget: int | None = None) -> tuple:
+    """A copy block: whole ``unit``s (shards), grown in x, then y, then z, within ``budget``
+    (default :data:`BLOCK_BYTES`, read at call time)."""
+    budget = BLOCK_BYTES if budget is None else budget
     block = list(unit)
     for axis in (2, 1, 0):
         n_units = -(-shape[axis] // unit[axis])
@@ -105,20 +107,29 @@ def create_level(group, path: str, shape: tuple, dtype, chunks: tuple, is_label:
         dimension_names=("z", "y", "x"), fill_value=0)
 
 
-def copy_blocks(read, out, progress=None, on_block=None) -> None:
-    """``out[b] = read(b)`` for every shard-aligned block ``b``; ``on_block(b, data)`` sees each."""
+def copy_blocks(read, out, progress=None, on_block=None, done=frozenset(),
+                on_done=None) -> None:
+    """``out[b] = read(b)`` for every shard-aligned block ``b``; ``on_block(b, data)`` sees each.
+
+    Resuming: blocks whose corner (z, y, x) is in ``done`` are skipped; ``on_done(corner)`` is
+    called once a block is written (the order of blocks never depends on ``done``)."""
     unit = out.shards or out.chunks
     block = block_shape(unit, out.shape, out.dtype.itemsize)
     for b in iter_blocks(out.shape, block):
-        data = read(b)
-        out[b] = data
-        if on_block is not None:
-            on_block(b, data)
+        corner = tuple(s.start for s in b)
+        if corner not in done:
+            data = read(b)
+            out[b] = data
+            if on_block is not None:
+                on_block(b, data)
+            if on_done is not None:
+                on_done(corner)
         if progress is not None:
             progress(math.prod(s.stop - s.start for s in b))
 
 
-def downsample_level(src, dst, is_label: bool, progress=None) -> None:
+def downsample_level(src, dst, is_label: bool, progress=None, done=frozenset(),
+                     on_done=None) -> None:
     """dst = src reduced 2× in y and x (mean for images, top-left voxel for labels)."""
     def read(b):
         zs, ys, xs = b
@@ -132,4 +143,4 @@ def downsample_level(src, dst, is_label: bool, progress=None) -> None:
         if dst.dtype.kind in "iu":
             small = np.rint(small)
         return small.astype(dst.dtype)
-    copy_blocks(read, dst, progress)
+    copy_blocks(read, dst, progress, done=done, on_done=on_done)

@@ -27,7 +27,8 @@ def stack(tmp_path):
 
 
 def test_convert_round_trip_with_levels_labels_and_stats(tmp_path, stack, monkeypatch):
-    monkeypatch.setattr(ome_zarr, "BLOCK_BYTES", 20_000)  # force many blocks: out of core
+    monkeypatch.setattr(ome_zarr, "SHARD_TARGET_BYTES", 8_192)  # force many blocks: out of
+    monkeypatch.setattr(ome_zarr, "BLOCK_BYTES", 20_000)        # core (12 at level 0)
     out = convert_volume(stack, tmp_path / "o.ome.zarr", chunks=(4, 32, 32), levels=2,
                          labels={"mito": str(tmp_path / "mask.tif")}, show_progress=False)
     vol = open_volume(out)

@@ -1,0 +1,163 @@
+"""An unfinished conversion: the hidden folder it is written to, and what lets it resume.
+
+``convert`` writes ``OUT.zarr`` into the hidden sibling ``.OUT.zarr.partial`` and renames it into
+place when complete. Inside, ``.masktwins-convert/`` holds::
+
+    lock          flock-ed while a process writes (the kernel drops it when that process dies,
+                  even by SIGKILL, so a stale folder is told apart from a live one)
+    run.json      what is converted: inputs with their size and modification time, options
+    done.log      "ARRAY z y x" per finished block, appended after the block is written
+    samples/      the intensity samples of each finished image block (.npy), so the statistics
+                  of a resumed run are those of an uninterrupted one
+
+and is removed just before the rename. A block written but not yet listed (a kill in between)
+is simply written again, with the same bytes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .cache import fingerprint
+from .spec import parse_spec
+
+WORK_DIR = ".masktwins-convert"
+FORMAT = "masktwins-bio/convert-1"
+
+
+def partial_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def describe_inputs(specs: dict) -> dict:
+    """{role: {"spec", "files"}}: what a resumed run must find unchanged."""
+    return {role: {"spec": str(spec), "files": fingerprint(parse_spec(str(spec)).path)}
+            for role, spec in specs.items()}
+
+
+class PartialOutput:
+    """The hidden folder of one conversion, claimed (locked) by this process."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.path = partial_path(self.out)
+        self.work = self.path / WORK_DIR
+        self._lock = None
+
+    # -- claiming ------------------------------------------------------------------------------
+    def open(self, run: dict, resume: bool, overwrite: bool) -> bool:
+        """Claim the folder for ``run``; True when an unfinished run is continued.
+
+        An unfinished folder left by a stopped run is continued with ``resume`` (if it converts
+        the same thing), replaced with ``overwrite``, and otherwise refused, so that hours of
+        conversion are never thrown away unasked."""
+        from .paths import make_folder
+        run = json.loads(json.dumps(run))  # as it reads back (tuples become lists)
+        if os.path.lexists(self.path):
+            self._claim_existing()
+            recorded = self._recorded()
+            if resume and recorded is not None:
+                if recorded != run:
+                    self.close()
+                    differ = sorted(k for k in set(run) | set(recorded)
+                                    if run.get(k) != recorded.get(k))
+                    raise InputError(
+                        f"The unfinished conversion to '{self.out}' was started with other "
+                        f"{', '.join(differ)}; run the same command again, or pass --overwrite "
+                        "to start again.")
+                return True
+            if not overwrite:
+                self.close()
+                what = ("cannot be resumed (it has no record)" if resume
+                        else "exists (a stopped run)")
+                hint = "" if resume else "pass --resume to continue it or "
+                raise InputError(f"An unfinished conversion to '{self.out}' {what}; {hint}"
+                                 "pass --overwrite to start again.")
+            self.close()
+            shutil.rmtree(self.path)
+        make_folder(self.path, self.out)
+        (self.work / "samples").mkdir(parents=True)
+        self._claim_existing()
+        _write_json_atomic(self.work / "run.json", {"format": FORMAT, **run})
+        return False
+
+    def _claim_existing(self) -> None:
+        import fcntl
+        self.work.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.work / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InputError(f"Another convert is writing '{self.out}' right now; wait for it to "
+                             "finish or stop it.") from None
+        self._lock = fd
+
+    def _recorded(self) -> dict | None:
+        try:
+            data = json.loads((self.work / "run.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
+            return None
+        return data
+
+    def close(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
+
+    # -- ledger --------------------------------------------------------------------------------
+    def done(self, array: str) -> set:
+        """Corners (z, y, x) of the blocks of ``array`` already written."""
+        corners = set()
+        try:
+            lines = (self.work / "done.log").read_text().splitlines()
+        except OSError:
+            return corners
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == array:
+                try:
+                    corners.add(tuple(int(p) for p in parts[1:]))
+                except ValueError:
+                    continue  # a line torn by a kill
+        return corners
+
+    def mark(self, array: str, corner: tuple) -> None:
+        with open(self.work / "done.log", "a") as fh:
+            fh.write(f"{array} {corner[0]} {corner[1]} {corner[2]}\n")
+
+    def save_sample(self, corner: tuple, part: np.ndarray) -> None:
+        path = self.work / "samples" / f"{corner[0]}_{corner[1]}_{corner[2]}.npy"
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, part)
+        os.replace(tmp, path)
+
+    def load_sample(self, corner: tuple) -> np.ndarray:
+        return np.load(self.work / "samples" / f"{corner[0]}_{corner[1]}_{corner[2]}.npy")
+
+    # -- finishing -----------------------------------------------------------------------------
+    def discard(self) -> None:
+        """Remove the whole folder (a conversion that failed on its data)."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def finish(self) -> None:
+        """Drop the bookkeeping and rename the complete output into place."""
+        from .paths import swap_into_place
+        shutil.rmtree(self.work)
+        self.close()
+        swap_into_place(self.path, self.out)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
