@@ -80,6 +80,18 @@ def remove_new_empty_folders(top: Path, before: set[Path]) -> None:
     remove_empty([p for p in folders_under(top) if p not in before])
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this machine): temporaries named after their writer's
+    pid are stale exactly when it does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def remove_path(path: Path) -> None:
     """Delete a file, link or folder tree (a folder's contents too); missing is fine."""
     if path.is_dir() and not path.is_symlink():

@@ -19,15 +19,16 @@ inside the mask may stay background).
 from __future__ import annotations
 
 import contextlib
+import glob
 import itertools
 import math
+import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from ..data.paths import swap_into_place
+from ..data.paths import process_alive, remove_path, swap_into_place
 from ..errors import InputError
 from .outputs import check_new_output, check_parent
 
@@ -110,12 +111,25 @@ def staged_output(output, overwrite: bool = False):
     output = Path(output)
     check_parent(output)
     check_new_output(output, overwrite)
-    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
+    _remove_stale_partials(output)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
     try:
         yield tmp
         swap_into_place(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_partials(output: Path) -> None:
+    """Delete the half-written labels (and seeds) of segment runs that were killed (SIGKILL
+    leaves no chance to clean up). Each is a hidden ``.OUTPUT.PID.partial`` (seeds: a hidden
+    sibling of that, hence a second dot) named after its writer; a live writer's stay."""
+    prefix = f"{output.name}."
+    for path in output.parent.glob(".*" + glob.escape(prefix) + "*.partial*"):
+        rest = path.name.lstrip(".")
+        pid = rest[len(prefix):].split(".", 1)[0] if rest.startswith(prefix) else ""
+        if pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
+            remove_path(path)
 
 
 def check_segment_options(threshold: float, connectivity: int = 1, min_size: int = 0,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.paths import process_alive
 from ..errors import CheckpointError
 
 FORMAT = "masktwins-bio/1"
@@ -38,21 +39,11 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             pid = int(tmp.name.rsplit(".", 2)[-2])
         except ValueError:
             continue  # not one of ours
-        if pid != os.getpid() and _process_alive(pid):
+        if pid != os.getpid() and process_alive(pid):
             continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

@@ -1,5 +1,6 @@
 """`segment`: out-of-core components equal skimage.measure.label; MitoEM AP-75."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -53,6 +54,28 @@ def test_seeded_watershed_labels_every_seed(tmp_path):
     seeds = label(p > 0.6, connectivity=1)
     assert ws.max() == seeds.max() and set(np.unique(ws[seeds > 0])) == set(range(1, ws.max() + 1))
     assert np.all(ws[p <= 0.5] == 0)
+
+
+def test_killed_runs_leftovers_are_removed_and_a_live_runs_kept(tmp_path):
+    """SIGKILL leaves a segment's hidden partial labels (and seeds) behind; the next run removes
+    those of dead writers only."""
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    live = str(os.getppid())  # runs, and is not this process
+    stale = [tmp_path / f".ws.zarr.{dead}.partial",
+             tmp_path / f"..ws.zarr.{dead}.partial.seeds.zarr.{dead}.partial",
+             tmp_path / f".ws.zarr.{dead}.partial.seeds.zarr"]
+    kept = [tmp_path / f".ws.zarr.{live}.partial", tmp_path / f".other.zarr.{dead}.partial",
+            tmp_path / ".ws.zarr.notapid.partial"]
+    for path in stale + kept:
+        (path / "c").mkdir(parents=True)
+    seeded_watershed(_prob(sigma=2.0), tmp_path / "ws.zarr", 0.5, 0.6, 8, (7, 20, 23))
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ws.zarr"] +
+                                                                [p.name for p in kept])
 
 
 def test_instance_ap_follows_the_mitoem_protocol():
