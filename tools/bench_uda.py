@@ -70,12 +70,21 @@ def commit() -> str:
         return "unknown"
 
 
+# Config keys added after runs were cached, with the value every earlier run had: left out of
+# the key while they hold it, so adding an option does not orphan the cache.
+ADDED_LATER = {("uda", "teacher_flips"): False}
+
+
 def run_key(direction: str, cfg_dict: dict) -> str:
     """Hash of the direction and the resolved config, less what the method never reads: the
     mask settings of methods without masks (tests/train/test_methods.py checks they are
     unused), so a change of the mask defaults keeps their cached runs."""
     if cfg_dict.get("method") not in USES_MASKS:
         cfg_dict = {k: v for k, v in cfg_dict.items() if k != "mask"}
+    for (section, key), old in ADDED_LATER.items():
+        if cfg_dict.get(section, {}).get(key, old) == old:
+            cfg_dict = {**cfg_dict, section: {k: v for k, v in cfg_dict[section].items()
+                                              if k != key}}
     blob = json.dumps({"direction": direction, "config": cfg_dict}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -37,6 +37,17 @@ def _view(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.sigmoid(logits.detach().float())
 
 
+def teacher_logits(teacher: torch.nn.Module, x: torch.Tensor, flips: bool) -> torch.Tensor:
+    """The teacher's float32 logits of ``x``; with ``flips``, their mean over the identity and
+    the flips of the two in-plane axes, each flipped back (a test-time-augmented teacher)."""
+    if not flips:
+        return teacher(x).float()
+    total = teacher(x).float()
+    for axes in ((-1,), (-2,), (-1, -2)):
+        total = total + teacher(x.flip(axes)).float().flip(axes)
+    return total / 4
+
+
 @dataclass
 class StepOutput:
     loss: torch.Tensor
@@ -58,7 +69,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
 
     n_classes = cfg.model.num_classes
     with torch.no_grad():
-        t_logits = teacher(tgt_weak).float()
+        t_logits = teacher_logits(teacher, tgt_weak, cfg.uda.teacher_flips)
     keep = None  # binary: voxels the pseudo-label loss is restricted to (None: all)
     if n_classes > 1:  # softmax argmax; weight from the max class probability
         pseudo, weight, confident = multiclass_pseudo_label(t_logits, cfg.uda.tau,

@@ -82,7 +82,42 @@ def test_methods_without_masks_ignore_the_mask_settings():
             gen = torch.Generator().manual_seed(0)
             out = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y, tgt, tgt,
                            gen, adapt=True)
-            losses.append(float(out.loss))
+            losses.append(float(out.loss.detach()))
             draws.append(float(torch.rand(1, generator=gen)))
         same = losses[0] == losses[1] and draws[0] == draws[1]
         assert same == (method not in USES_MASKS), method
+
+
+def test_flipped_teacher_averages_the_four_in_plane_flips():
+    from masktwins_bio.train.methods import teacher_logits
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Conv2d(1, 1, 3, padding=1)      # not flip-equivariant
+    x = torch.randn(2, 1, 8, 10)
+    with torch.no_grad():
+        views = [teacher(x), teacher(x.flip(-1)).flip(-1), teacher(x.flip(-2)).flip(-2),
+                 teacher(x.flip(-1, -2)).flip(-1, -2)]
+        got = teacher_logits(teacher, x, flips=True)
+        assert torch.allclose(got, sum(views) / 4, atol=1e-6)
+        assert not torch.allclose(got, views[0], atol=1e-3)
+        assert torch.equal(teacher_logits(teacher, x, flips=False), views[0])
+        # a flip-symmetric teacher (1x1 conv) gives the same pseudo-labels either way
+        local = torch.nn.Conv2d(1, 1, 1)
+        assert torch.allclose(teacher_logits(local, x, True), local(x), atol=1e-6)
+
+
+def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
+    """Cached runs were keyed before ``uda.teacher_flips`` existed: at its default (off) the key
+    is the one those runs have, on it is another."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "bench_uda.py"
+    spec = importlib.util.spec_from_file_location("bench_uda_keys", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = build_config({"method": "masktwins"}).to_dict()
+    before = {**cfg, "uda": {k: v for k, v in cfg["uda"].items() if k != "teacher_flips"}}
+    assert bench.run_key("vnc-to-lucchi", cfg) == bench.run_key("vnc-to-lucchi", before)
+    on = {**cfg, "uda": {**cfg["uda"], "teacher_flips": True}}
+    assert bench.run_key("vnc-to-lucchi", on) != bench.run_key("vnc-to-lucchi", cfg)
