@@ -82,7 +82,7 @@ def run_key(direction: str, cfg_dict: dict) -> str:
     if cfg_dict.get("method") not in USES_MASKS:
         cfg_dict = {k: v for k, v in cfg_dict.items() if k != "mask"}
     for (section, key), old in ADDED_LATER.items():
-        if cfg_dict.get(section, {}).get(key, old) == old:
+        if section in cfg_dict and cfg_dict[section].get(key, old) == old:
             cfg_dict = {**cfg_dict, section: {k: v for k, v in cfg_dict[section].items()
                                               if k != key}}
     blob = json.dumps({"direction": direction, "config": cfg_dict}, sort_keys=True)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from .cache import fingerprint
+from .paths import make_folder, swap_into_place
 from .spec import parse_spec
 
 WORK_DIR = ".masktwins-convert"
@@ -56,7 +57,6 @@ class PartialOutput:
         An unfinished folder left by a stopped run is continued with ``resume`` (if it converts
         the same thing), replaced with ``overwrite``, and otherwise refused, so that hours of
         conversion are never thrown away unasked."""
-        from .paths import make_folder
         run = json.loads(json.dumps(run))  # as it reads back (tuples become lists)
         if os.path.lexists(self.path):
             self._claim_existing()
@@ -151,7 +151,6 @@ class PartialOutput:
 
     def finish(self) -> None:
         """Drop the bookkeeping and rename the complete output into place."""
-        from .paths import swap_into_place
         shutil.rmtree(self.work)
         self.close()
         swap_into_place(self.path, self.out)
