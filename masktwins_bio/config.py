@@ -113,7 +113,7 @@ class UDAConfig:
     eval_model: str = "teacher"             # network that predicts: "teacher" (EMA) or "student"
     # Pseudo-labels from the teacher's mean logits over the identity and the three in-plane
     # flips (4 teacher passes; a CPU-preset MaskTwins run takes ~25% longer). Off by default:
-    # ~+1 IoU on VNC <-> Lucchi (2 seeds), not yet run for the baselines.
+    # ~+1 IoU for MaskTwins on VNC <-> Lucchi (3 seeds), not yet run for the baselines.
     teacher_flips: bool = False
 
 
