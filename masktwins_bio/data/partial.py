@@ -36,9 +36,14 @@ def partial_path(out: Path) -> Path:
 
 
 def describe_inputs(specs: dict) -> dict:
-    """{role: {"spec", "files"}}: what a resumed run must find unchanged."""
-    return {role: {"spec": str(spec), "files": fingerprint(parse_spec(str(spec)).path)}
-            for role, spec in specs.items()}
+    """{role: {"path", "key", "options", "files"}}: what a resumed run must find unchanged
+    (the absolute path, so a resume from another folder still matches)."""
+    described = {}
+    for role, spec in specs.items():
+        parsed = parse_spec(str(spec))
+        described[role] = {"path": str(parsed.path.resolve()), "key": parsed.key,
+                           "options": dict(parsed.options), "files": fingerprint(parsed.path)}
+    return described
 
 
 class PartialOutput:
