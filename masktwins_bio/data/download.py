@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
 from .convert import convert_volume
+from .partial import partial_path
 from .paths import (folders_under, make_folders, remove_empty, remove_new_empty_folders,
                     swap_into_place)
 from .registry import (MANIFEST, DatasetEntry, RemoteFile, data_root, dataset_dir, get_entry,
@@ -200,8 +201,9 @@ def download_dataset(name: str, root=None, *, registry: dict | None = None,
         files = _fetch_all(entry, downloads, work, allow_unverified, show)
         splits = _convert_splits(entry, work, root_path, staged, show)
     except BaseException:
-        for path in staged.values():
+        for path in staged.values():  # with convert's unfinished output (a Ctrl-C keeps it)
             shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(partial_path(path), ignore_errors=True)
         for top, old in before.items():  # folders made for files that never arrived
             remove_new_empty_folders(top, old)
         remove_empty(created)

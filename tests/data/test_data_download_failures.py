@@ -107,3 +107,22 @@ def test_download_into_a_data_root_that_is_a_file(tmp_path, capsys):
     assert main(["download", "vnc", "--data-root", str(tmp_path / "afile")]) == 2
     assert "is a file" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_interrupted_conversion_leaves_only_the_downloads(tmp_path, remote, monkeypatch):
+    """Ctrl-C while converting: convert keeps its unfinished output for --resume, but a
+    download restarts its conversion anyway, so it removes it (it was left hidden before)."""
+    from masktwins_bio.data import partial
+
+    def interrupt(self, array, corner):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(partial.PartialOutput, "mark", interrupt)
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        download_dataset("toy", root, registry=_registry(*remote), show=False)
+    assert not [p.name for p in (root / "toy").iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    registry = _registry(*remote)
+    download_dataset("toy", root, registry=registry, show=False)
+    assert is_present(registry["toy"], root)
