@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from masktwins_bio.config import METHODS, build_config, load_yaml  # noqa: E402
-from masktwins_bio.inference.ledger import write_json_atomic  # noqa: E402
+from masktwins_bio.data.paths import write_json_atomic  # noqa: E402
 from masktwins_bio.train.methods import USES_MASKS  # noqa: E402
 
 CACHE = ROOT / "tools" / "results" / "uda"

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from .cache import fingerprint
-from .paths import make_folder, swap_into_place
+from .paths import make_folder, swap_into_place, write_json_atomic
 from .spec import parse_spec
 
 WORK_DIR = ".masktwins-convert"
@@ -88,7 +88,7 @@ class PartialOutput:
         make_folder(self.path, self.out)
         (self.work / "samples").mkdir(parents=True)
         self._claim_existing()
-        _write_json_atomic(self.work / "run.json", {"format": FORMAT, **run})
+        write_json_atomic(self.work / "run.json", {"format": FORMAT, **run})
         return False
 
     def _claim_existing(self) -> None:
@@ -159,9 +159,3 @@ class PartialOutput:
         shutil.rmtree(self.work)
         self.close()
         swap_into_place(self.path, self.out)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

@@ -5,8 +5,10 @@ and :func:`remove_new_empty_folders` removes folders that were not there before 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from ..errors import InputError
@@ -113,3 +115,10 @@ def swap_into_place(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
     if old is not None:
         remove_path(old)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """``data`` as JSON at ``path``, written beside it and renamed in (never half-written)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

@@ -18,18 +18,14 @@ import threading
 import uuid
 from pathlib import Path
 
+from ..data.paths import write_json_atomic
+
 LEDGER_DIR = ".masktwins"
 FORMAT = "masktwins-bio/predict-1"
 
 
 def ledger_dir(output: Path) -> Path:
     return Path(output) / LEDGER_DIR
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def read_run(output: Path) -> dict | None:

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.paths import write_json_atomic
 from ..errors import ConfigError, InputError
-from .ledger import LedgerWriter, ledger_dir, read_run, write_json_atomic, write_run
+from .ledger import LedgerWriter, ledger_dir, read_run, write_run
 from .outputs import check_replaceable, check_writable
 
 DTYPES = ("float32", "float16", "uint8")
