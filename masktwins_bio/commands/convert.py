@@ -69,7 +69,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (or a stopped run's unfinished one)")
     p.add_argument("--resume", action="store_true",
-                   help="continue a conversion that was stopped (killed or interrupted)")
+                   help="continue a conversion that was stopped (killed or interrupted); with "
+                        "--overwrite, start again instead when it converted something else")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -7,13 +7,16 @@
 2. checks size and sha256 (a mismatch deletes the file and is an error; a file whose hash is not
    known is refused unless ``allow_unverified``, and is then recorded as unverified),
 3. extracts zip/tar archives into a temporary folder, refusing absolute paths, ``..``, links
-   and device files,
+   and device files (once per archive: ``extracted/.done-<file>.json`` records the sha256 of
+   the archive each extraction came from),
 4. converts each split to a hidden ``.new-<split>.ome.zarr`` (labels under ``labels/mito``)
    and checks its shape, then renames the splits to ``<split>.ome.zarr``, and
 5. writes ``manifest.json`` last: a dataset counts as present only when that exists.
 
 Any failure leaves no output that looks complete, and a present dataset that is rebuilt
-(``force``) stays present until its new copy is ready; running it again resumes.
+(``force``) stays present until its new copy is ready. Running it again resumes every step:
+the ``.part`` downloads, the extractions already done, and an unfinished conversion block by
+block (``convert``'s resume, which starts again only if its inputs changed).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from ..errors import InputError
 from .convert import convert_volume
 from .partial import partial_path
 from .paths import (folders_under, make_folders, remove_empty, remove_new_empty_folders,
-                    swap_into_place)
+                    swap_into_place, write_json_atomic)
 from .registry import (MANIFEST, DatasetEntry, RemoteFile, data_root, dataset_dir, get_entry,
                        is_present, split_path)
 
@@ -159,6 +162,10 @@ def _link_slices(folder: Path, z_range: tuple, dest: Path) -> Path:
     from .formats.images import natural_key
     files = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
                    key=lambda p: natural_key(p.name))[z_range[0]:z_range[1]]
+    wanted = {f.name: str(f.resolve()) for f in files}
+    if dest.is_dir() and {p.name: os.readlink(p) for p in dest.iterdir()
+                          if p.is_symlink()} == wanted and len(os.listdir(dest)) == len(wanted):
+        return dest  # kept as it is: a stopped conversion of it can resume
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for f in files:
@@ -200,10 +207,11 @@ def download_dataset(name: str, root=None, *, registry: dict | None = None,
             shutil.rmtree(path, ignore_errors=True)
         files = _fetch_all(entry, downloads, work, allow_unverified, show)
         splits = _convert_splits(entry, work, root_path, staged, show)
-    except BaseException:
-        for path in staged.values():  # with convert's unfinished output (a Ctrl-C keeps it)
+    except BaseException as err:
+        for path in staged.values():
             shutil.rmtree(path, ignore_errors=True)
-            shutil.rmtree(partial_path(path), ignore_errors=True)
+            if not isinstance(err, KeyboardInterrupt):  # a Ctrl-C keeps it for the next run
+                shutil.rmtree(partial_path(path), ignore_errors=True)
         for top, old in before.items():  # folders made for files that never arrived
             remove_new_empty_folders(top, old)
         remove_empty(created)
@@ -222,20 +230,42 @@ def _fetch_all(entry: DatasetEntry, downloads: Path, work: Path, allow_unverifie
                show: bool) -> dict:
     """Fetch, verify and extract (or link) every file into ``work``; the manifest's records."""
     files = {}
-    if entry.synthetic:
+    if entry.synthetic and not _done(work, "synthetic", entry.name):
         shutil.rmtree(work, ignore_errors=True)
         _make_synthetic(entry, work)
+        _mark_done(work, "synthetic", entry.name)
     for remote in entry.files:
         path, verified = fetch(remote, downloads, allow_unverified, show)
-        files[remote.name] = {"sha256": remote.sha256 or sha256_of(path), "verified": verified}
+        sha = remote.sha256 or sha256_of(path)
+        files[remote.name] = {"sha256": sha, "verified": verified}
         if remote.extract and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
-            _extract_into(path, work / f".x-{remote.name}", work)
+            if not _done(work, remote.name, sha):  # an earlier run may have extracted it
+                _done_record(work, remote.name).unlink(missing_ok=True)
+                _extract_into(path, work / f".x-{remote.name}", work)
+                _mark_done(work, remote.name, sha)
         elif remote.extract:
             raise InputError(f"'{remote.name}' is not a readable zip or tar archive; delete it "
                              "and download again.")
         else:
             _link_into(path, work / remote.name)
     return files
+
+
+def _done_record(work: Path, name: str) -> Path:
+    return work / f".done-{name}.json"
+
+
+def _done(work: Path, name: str, sha256: str) -> bool:
+    """Whether ``work`` holds what ``name`` (an archive with this sha256) extracts to. Unchanged
+    extracted files keep their modification times, so a stopped conversion of them resumes."""
+    try:
+        return json.loads(_done_record(work, name).read_text()).get("sha256") == sha256
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _mark_done(work: Path, name: str, sha256: str) -> None:
+    write_json_atomic(_done_record(work, name), {"sha256": sha256})
 
 
 def _extract_into(archive: Path, tmp: Path, work: Path) -> None:
@@ -249,12 +279,19 @@ def _extract_into(archive: Path, tmp: Path, work: Path) -> None:
 
 
 def _link_into(path: Path, target: Path) -> None:
+    """``target`` as a hard link to (or, across devices, a copy of) ``path``; left untouched
+    when it already is one, so that its modification time stays that of the download."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
+    if target.exists():
+        st, sp = target.stat(), path.stat()
+        same_copy = (st.st_size, st.st_mtime_ns) == (sp.st_size, sp.st_mtime_ns)
+        if os.path.samefile(target, path) or same_copy:
+            return
+        target.unlink()  # a link to a file downloaded again since
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copy2(path, target)
 
 
 def _staged_path(folder: Path, split_name: str) -> Path:
@@ -276,7 +313,9 @@ def _convert_splits(entry: DatasetEntry, work: Path, root: Path, staged: dict,
         if spl.z_range:
             image = _link_slices(image, spl.z_range, work / f".{split_name}-image")
         out = staged[split_name]
-        convert_volume(str(image), out, overwrite=True, voxel_size=entry.voxel_size,
+        # resume + overwrite: continue what a stopped run converted, if it was the same
+        convert_volume(str(image), out, overwrite=True, resume=True,
+                       voxel_size=entry.voxel_size,
                        labels={"mito": str(labels)} if labels else None,
                        label_rule=spl.label_rule, show_progress=show)
         with open_volume(out) as vol:

@@ -61,12 +61,13 @@ class PartialOutput:
 
         An unfinished folder left by a stopped run is continued with ``resume`` (if it converts
         the same thing), replaced with ``overwrite``, and otherwise refused, so that hours of
-        conversion are never thrown away unasked."""
+        conversion are never thrown away unasked. With both, a matching run is continued and
+        any other replaced (what ``download`` does)."""
         run = json.loads(json.dumps(run))  # as it reads back (tuples become lists)
         if os.path.lexists(self.path):
             self._claim_existing()
             recorded = self._recorded()
-            if resume and recorded is not None:
+            if resume and recorded is not None and (recorded == run or not overwrite):
                 if recorded != run:
                     self.close()
                     differ = sorted(k for k in set(run) | set(recorded)

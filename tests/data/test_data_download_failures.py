@@ -109,20 +109,73 @@ def test_download_into_a_data_root_that_is_a_file(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "x"
 
 
-def test_interrupted_conversion_leaves_only_the_downloads(tmp_path, remote, monkeypatch):
-    """Ctrl-C while converting: convert keeps its unfinished output for --resume, but a
-    download restarts its conversion anyway, so it removes it (it was left hidden before)."""
+def test_interrupted_download_resumes_its_conversion(tmp_path, remote, monkeypatch, digest):
+    """Ctrl-C while converting: the next download neither extracts nor converts again what was
+    done; it writes only the missing blocks and gives the bytes of an uninterrupted download."""
+    import functools
+
+    from masktwins_bio.data import download, ome_zarr, partial
+    from masktwins_bio.data.download import _staged_path
+
+    # four blocks per array: chunks of half a section, a block and a shard per chunk
+    monkeypatch.setattr(download, "convert_volume",
+                        functools.partial(download.convert_volume, chunks=(1, 6, 10)))
+    monkeypatch.setattr(ome_zarr, "SHARD_TARGET_BYTES", 64)
+    monkeypatch.setattr(ome_zarr, "BLOCK_BYTES", 100)
+    import shutil
+    root, whole = tmp_path / "data", tmp_path / "whole" / "train.ome.zarr"
+    root.mkdir()
+    # the uninterrupted download, kept aside (same root: the metadata name the input's path)
+    download_dataset("toy", root, registry=_registry(*remote), show=False)
+    shutil.copytree(root / "toy" / "train.ome.zarr", whole)
+    shutil.rmtree(root / "toy")
+
+    real, written = partial.PartialOutput.mark, []
+
+    def mark(self, array, corner):
+        real(self, array, corner)
+        written.append(array)
+        if len(written) == 6:   # the image done, the labels half done
+            raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(partial.PartialOutput, "mark", mark)
+        with pytest.raises(KeyboardInterrupt):
+            download_dataset("toy", root, registry=_registry(*remote), show=False)
+    staged = _staged_path(root / "toy", "train")
+    assert not staged.exists() and partial.partial_path(staged).is_dir()
+    assert not is_present(_registry(*remote)["toy"], root)
+
+    written.clear()
+    monkeypatch.setattr(partial.PartialOutput, "mark",
+                        lambda self, array, corner: (written.append(array),
+                                                     real(self, array, corner)))
+    registry = _registry(*remote)
+    download_dataset("toy", root, registry=registry, show=False)
+    assert is_present(registry["toy"], root)
+    assert written == ["labels/mito/0"] * 2   # the label blocks the first run had not written
+    assert not [p.name for p in (root / "toy").iterdir() if p.name.startswith(".")]
+    assert digest(root / "toy" / "train.ome.zarr") == digest(whole)
+
+
+def test_a_conversion_of_other_inputs_is_started_again(tmp_path, remote, monkeypatch):
+    """An unfinished conversion whose inputs changed since (a file downloaded again) is
+    replaced, not continued: its blocks may hold the old data."""
     from masktwins_bio.data import partial
 
     def interrupt(self, array, corner):
         raise KeyboardInterrupt
-    monkeypatch.setattr(partial.PartialOutput, "mark", interrupt)
     root = tmp_path / "data"
     root.mkdir()
-    with pytest.raises(KeyboardInterrupt):
-        download_dataset("toy", root, registry=_registry(*remote), show=False)
-    assert not [p.name for p in (root / "toy").iterdir() if p.name.startswith(".")]
-    monkeypatch.undo()
-    registry = _registry(*remote)
+    with monkeypatch.context() as m:
+        m.setattr(partial.PartialOutput, "mark", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            download_dataset("toy", root, registry=_registry(*remote), show=False)
+    served, names = remote
+    new = IMG.copy()
+    new[0] = 255 - new[0]
+    Image.fromarray(new[0]).save(served / "raw" / "00.png")
+    (root / "toy" / "downloads" / "stack" / "raw" / "00.png").unlink()   # fetched again
+    registry = _registry(served, names)
     download_dataset("toy", root, registry=registry, show=False)
-    assert is_present(registry["toy"], root)
+    found = resolve("toy", root=root, registry=registry)
+    np.testing.assert_array_equal(open_volume(found.image).read()[0], new[0])
