@@ -115,6 +115,10 @@ class UDAConfig:
     # flips (4 teacher passes; a CPU-preset MaskTwins run takes ~25% longer). Off by default:
     # ~+1 IoU for MaskTwins on VNC <-> Lucchi (3 seeds), not yet run for the baselines.
     teacher_flips: bool = False
+    # DACS class-mix (train/classmix.py): the official code's self-training term on source
+    # classes pasted onto the target. Off by default (METHOD.md: optional); one more student
+    # view per target crop.
+    classmix: bool = False
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""A one-image overview of an iteration for TensorBoard: target, twins, their predictions and
-the teacher's, side by side (first sample; middle section of a 3D crop)."""
+"""A one-image overview of an iteration for TensorBoard: target, twins, their predictions, the
+teacher's and (with class-mix) the mixed image, side by side (first sample; middle section of a
+3D crop)."""
 from __future__ import annotations
 
 import numpy as np
 
-ORDER = ("target", "twin_a", "twin_b", "pred_a", "pred_b", "teacher")
+ORDER = ("target", "twin_a", "twin_b", "pred_a", "pred_b", "teacher", "mixed")
 
 
 def _plane(t) -> np.ndarray:

@@ -15,6 +15,10 @@ paper's ablation isolates. Pseudo-labels come from the teacher on the *unmasked*
 augmented target; the student sees the photometrically augmented target (the same for both
 twins), then masked. With ``model.num_classes > 1`` (driving scenes) the teacher's softmax
 argmax is the pseudo-label and the confidence is its maximum class probability.
+
+``uda.classmix`` adds, to every method with a teacher, the DACS term of the official code:
+L(student(source pasted onto target), ground truth where pasted, pseudo-labels elsewhere),
+weighted as the pseudo-label term and computed in the same student forward as the target views.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch
 
 from ..config import RunConfig
 from ..masking import block_mask, complementary_twins, independent_masks
+from .classmix import class_mix, class_mix_masks
 from .losses import SegmentationLoss, pseudo_label, twin_consistency
 from .multiclass import label_view, multiclass_pseudo_label
 
@@ -96,15 +101,33 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         return seg_loss(logits, pseudo) if keep is None else seg_loss(logits, pseudo, keep)
 
     b, spatial = tgt_strong.shape[0], tgt_strong.shape[2:]
+    mixed, extra = None, []   # the class-mix view and its loss term, when on
+    if cfg.uda.classmix:
+        mixed = _class_mixed(cfg, src_x, src_y, tgt_strong, pseudo, keep, gen)
+
+    def student_views(*views):
+        """The student's logits of each view (and of the mixed image, kept aside), in one
+        forward: same cost as separate ones, better hardware use."""
+        batch = list(views) + ([mixed[0]] if mixed is not None else [])
+        logits = student(torch.cat(batch)).split([v.shape[0] for v in batch])
+        if mixed is not None:
+            x_mix, y_mix, keep_mix = mixed
+            l_mix = seg_loss(logits[-1], y_mix) if keep_mix is None else \
+                seg_loss(logits[-1], y_mix, keep_mix)
+            out.terms["loss/mix"] = float(l_mix.detach())
+            extra.append(lam * l_mix)
+            if keep_views:
+                out.views.update(mixed=x_mix.detach())
+        return logits[:len(views)]
 
     if method == "mean-teacher":
-        l_cl = pseudo_loss(student(tgt_strong))
+        l_cl = pseudo_loss(student_views(tgt_strong)[0])
         total = sup + lam * l_cl
         out.terms["loss/cl"] = float(l_cl.detach())
     elif method == "mic":
         visible = block_mask(b, spatial, cfg.block, cfg.mask.ratio, gen, tgt_strong.device)
         masked = tgt_strong * visible
-        l_cl = pseudo_loss(student(masked))
+        l_cl = pseudo_loss(student_views(masked)[0])
         total = sup + lam * l_cl
         out.terms["loss/cl"] = float(l_cl.detach())
         if keep_views:
@@ -117,8 +140,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
             m1, m2 = independent_masks(b, spatial, cfg.block, cfg.mask.ratio, gen,
                                        tgt_strong.device)
             twin_a, twin_b = tgt_strong * m1, tgt_strong * m2
-        # One forward over both twins: same cost as two, better hardware use.
-        logits_a, logits_b = student(torch.cat([twin_a, twin_b])).split(b)
+        logits_a, logits_b = student_views(twin_a, twin_b)
         l_cl = 0.5 * (pseudo_loss(logits_a) + pseudo_loss(logits_b))
         l_cm = twin_consistency(logits_a, logits_b)
         total = sup + lam * l_cl + cfg.uda.lambda_cm * l_cm
@@ -129,6 +151,21 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
                              pred_a=_view(logits_a, n_classes), pred_b=_view(logits_b, n_classes))
     if keep_views:
         out.views.update(target=tgt_weak.detach(), teacher=t_prob)
-    out.loss = total
+    out.loss = total + sum(extra) if extra else total
     out.terms["loss/total"] = float(total.detach())
     return out
+
+
+def _class_mixed(cfg: RunConfig, src_x, src_y, tgt_x, pseudo, keep, gen):
+    """(image, labels, kept voxels or None) of DACS class-mix: target sample i with source
+    sample i (cycling when the source batch is smaller) pasted onto it."""
+    b = tgt_x.shape[0]
+    pick = torch.arange(b, device=src_x.device) % src_x.shape[0]
+    src_x, src_y = src_x[pick], src_y[pick]
+    multiclass = cfg.model.num_classes > 1
+    paste = class_mix_masks(src_y, gen, cfg.natural.ignore_index if multiclass else None)
+    x_mix = class_mix(paste, src_x, tgt_x)
+    y_mix = class_mix(paste, src_y, pseudo)
+    # Pasted source pixels carry ground truth, so they are always trained on.
+    keep_mix = None if keep is None else class_mix(paste, torch.ones_like(keep), keep)
+    return x_mix, y_mix, keep_mix
