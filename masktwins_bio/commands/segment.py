@@ -2,7 +2,8 @@
 
 Connected components of ``p > threshold`` labelled block by block and merged across block faces
 with union-find (equal to ``skimage.measure.label`` up to numbering), or a seeded watershed.
-``--labels GT`` also scores the result with the MitoEM instance metric (AP at IoU 0.75).
+``--labels GT`` also scores the result with the MitoEM instance metric (AP at IoU 0.75). The
+labels appear only once complete; a stopped run continues with ``--resume``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ def register(sub) -> None:
     p.add_argument("--block", default=None, metavar="Z,Y,X", help="block size (64,256,256)")
     p.add_argument("--labels", default=None,
                    help="ground-truth instance labels: also report MitoEM AP-75")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (or a stopped run's unfinished one)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a segmentation that was stopped (killed or interrupted)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.set_defaults(func=run)
 
@@ -41,9 +45,8 @@ def run(args) -> int:
     try:
         summary = _segment(args, out, block)
     except KeyboardInterrupt:
-        # segment has no --resume: its labels appear whole or not at all (staged_output).
         print(f"masktwins-bio: interrupted; '{out}' was not written (an older one is kept as "
-              "it was), so run segment again.", file=sys.stderr)
+              "it was); run the same command with --resume to continue.", file=sys.stderr)
         return 130
     print(f"wrote {out}: {summary['instances']} instances "
           f"({summary['blocks']} blocks of {tuple(summary['block'])})")
@@ -73,6 +76,7 @@ def _check_options(args):
 def _segment(args, out, block) -> dict:
     """Labels of ``args.input`` at ``out``; the input is checked (dtype, a sample of blocks,
     the shape of --labels) before anything is written."""
+    from ..data.partial import describe_inputs
     from ..data.volumes import open_volume
     from ..inference.instances import DEFAULT_BLOCK, label_volume, seeded_watershed
     from ..inference.outputs import check_new_output
@@ -84,11 +88,13 @@ def _segment(args, out, block) -> dict:
         if args.labels:
             _check_label_shape(args.labels, vol.shape)
         prob.check_sample(tuple(min(b, n) for b, n in zip(block or DEFAULT_BLOCK, vol.shape)))
+        common = dict(overwrite=args.overwrite, voxel_size=vol.voxel_size, resume=args.resume,
+                      inputs=describe_inputs({"probabilities": args.input}))
         if args.method == "cc":
             return label_volume(prob, out, args.threshold, args.connectivity, block,
-                                args.min_size, args.overwrite, vol.voxel_size)
+                                args.min_size, **common)
         return seeded_watershed(prob, out, args.threshold, args.seed_threshold, args.halo,
-                                block, args.overwrite, vol.voxel_size)
+                                block, **common)
 
 
 def _check_label_shape(labels: str, shape) -> None:

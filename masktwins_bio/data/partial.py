@@ -1,14 +1,16 @@
 """An unfinished conversion: the hidden folder it is written to, and what lets it resume.
 
 ``convert`` writes ``OUT.zarr`` into the hidden sibling ``.OUT.zarr.partial`` and renames it into
-place when complete. Inside, ``.masktwins-convert/`` holds::
+place when complete (``segment`` does the same, with ``.masktwins-segment/``). Inside,
+``.masktwins-convert/`` holds::
 
     lock          flock-ed while a process writes (the kernel drops it when that process dies,
                   even by SIGKILL, so a stale folder is told apart from a live one)
     run.json      what is converted: inputs with their size and modification time, options
     done.log      "ARRAY z y x" per finished block, appended after the block is written
     samples/      the intensity samples of each finished image block (.npy), so the statistics
-                  of a resumed run are those of an uninterrupted one
+                  of a resumed run are those of an uninterrupted one (segment: the component
+                  sizes of each labelled block)
 
 and is removed just before the rename. A block written but not yet listed (a kill in between)
 is simply written again, with the same bytes.
@@ -27,8 +29,8 @@ from .cache import fingerprint
 from .paths import make_folder, swap_into_place, write_json_atomic
 from .spec import parse_spec
 
-WORK_DIR = ".masktwins-convert"
-FORMAT = "masktwins-bio/convert-1"
+# What each job calls its unfinished output in messages.
+JOBS = {"convert": "conversion", "segment": "segmentation"}
 
 
 def partial_path(out: Path) -> Path:
@@ -49,10 +51,11 @@ def describe_inputs(specs: dict) -> dict:
 class PartialOutput:
     """The hidden folder of one conversion, claimed (locked) by this process."""
 
-    def __init__(self, out: Path):
-        self.out = Path(out)
+    def __init__(self, out: Path, job: str = "convert"):
+        self.out, self.job, self.what = Path(out), job, JOBS[job]
         self.path = partial_path(self.out)
-        self.work = self.path / WORK_DIR
+        self.work = self.path / f".masktwins-{job}"
+        self.format = f"masktwins-bio/{job}-1"
         self._lock = None
 
     # -- claiming ------------------------------------------------------------------------------
@@ -73,7 +76,7 @@ class PartialOutput:
                     differ = sorted(k for k in set(run) | set(recorded)
                                     if run.get(k) != recorded.get(k))
                     raise InputError(
-                        f"The unfinished conversion to '{self.out}' was started with other "
+                        f"The unfinished {self.what} to '{self.out}' was started with other "
                         f"{', '.join(differ)}; run the same command again, or pass --overwrite "
                         "to start again.")
                 return True
@@ -82,14 +85,14 @@ class PartialOutput:
                 what = ("cannot be resumed (it has no record)" if resume
                         else "exists (a stopped run)")
                 hint = "" if resume else "pass --resume to continue it or "
-                raise InputError(f"An unfinished conversion to '{self.out}' {what}; {hint}"
+                raise InputError(f"An unfinished {self.what} to '{self.out}' {what}; {hint}"
                                  "pass --overwrite to start again.")
             self.close()
             shutil.rmtree(self.path)
         make_folder(self.path, self.out)
         (self.work / "samples").mkdir(parents=True)
         self._claim_existing()
-        write_json_atomic(self.work / "run.json", {"format": FORMAT, **run})
+        write_json_atomic(self.work / "run.json", {"format": self.format, **run})
         return False
 
     def _claim_existing(self) -> None:
@@ -100,8 +103,8 @@ class PartialOutput:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise InputError(f"Another convert is writing '{self.out}' right now; wait for it to "
-                             "finish or stop it.") from None
+            raise InputError(f"Another {self.job} is writing '{self.out}' right now; wait for it "
+                             "to finish or stop it.") from None
         self._lock = fd
 
     def _recorded(self) -> dict | None:
@@ -109,7 +112,7 @@ class PartialOutput:
             data = json.loads((self.work / "run.json").read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
+        if not isinstance(data, dict) or data.pop("format", None) != self.format:
             return None
         return data
 
@@ -139,15 +142,18 @@ class PartialOutput:
         with open(self.work / "done.log", "a") as fh:
             fh.write(f"{array} {corner[0]} {corner[1]} {corner[2]}\n")
 
-    def save_sample(self, corner: tuple, part: np.ndarray) -> None:
-        path = self.work / "samples" / f"{corner[0]}_{corner[1]}_{corner[2]}.npy"
+    def save_sample(self, corner: tuple, part: np.ndarray, group: str = "") -> None:
+        path = self._sample_path(corner, group)
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as fh:
             np.save(fh, part)
         os.replace(tmp, path)
 
-    def load_sample(self, corner: tuple) -> np.ndarray:
-        return np.load(self.work / "samples" / f"{corner[0]}_{corner[1]}_{corner[2]}.npy")
+    def load_sample(self, corner: tuple, group: str = "") -> np.ndarray:
+        return np.load(self._sample_path(corner, group))
+
+    def _sample_path(self, corner: tuple, group: str) -> Path:
+        return self.work / "samples" / f"{group}{corner[0]}_{corner[1]}_{corner[2]}.npy"
 
     # -- finishing -----------------------------------------------------------------------------
     def discard(self) -> None:

@@ -15,6 +15,12 @@ of the components. ``seeded_watershed`` grows the connected components of ``p > 
 through ``p > threshold`` by a watershed on ``-p`` computed per block with a halo; its ids are
 global seed ids, so blocks agree without merging (a voxel farther than ``halo`` from its seed
 inside the mask may stay background).
+
+Both write into a hidden ``.OUTPUT.partial`` (:class:`..data.partial.PartialOutput`) that is
+renamed into place when complete. Pass 1's local labels live in a work array of their own, so
+every pass writes each block from data that no pass changes: a run stopped at any point
+(killed, Ctrl-C) continues with ``resume`` from its ledger of finished blocks and writes the
+bytes of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -23,12 +29,12 @@ import glob
 import itertools
 import math
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ..data.paths import process_alive, remove_path, swap_into_place
+from ..data.partial import PartialOutput
+from ..data.paths import process_alive, remove_path
 from ..errors import InputError
 from .outputs import check_new_output, check_parent
 
@@ -77,9 +83,10 @@ def _threshold_for(source, threshold: float) -> float:
     return threshold * 255 if np.dtype(source.dtype) == np.uint8 else threshold
 
 
-def create_labels(path: Path, shape, block, dtype="uint32", voxel_size=None, name=None):
-    """An empty label array at the new ``path`` (an OME-Zarr image when ``name``, by default
-    the path's own name, ends in .ome.zarr)."""
+def create_labels(path: Path, shape, block, dtype="uint32", voxel_size=None, name=None,
+                  resumed: bool = False):
+    """The label array at ``path``: new and empty (an OME-Zarr image when ``name``, by default
+    the path's own name, ends in .ome.zarr), or with ``resumed`` the one a stopped run made."""
     import zarr
     from zarr.codecs import BloscCodec
 
@@ -88,14 +95,17 @@ def create_labels(path: Path, shape, block, dtype="uint32", voxel_size=None, nam
     path = Path(path)
     name = name or path.name
     ome = name.lower().endswith(".ome.zarr")
+    store = path / "0" if ome else path
+    if resumed and (store / "zarr.json").is_file():
+        return zarr.open_array(str(store), mode="r+")
     try:
-        root = zarr.open_group(str(path), mode="w-", zarr_format=3) if ome else None
         if ome:
+            root = zarr.open_group(str(path), mode="a", zarr_format=3)  # may hold the ledger
             root.attrs["ome"] = {"version": "0.5", "multiscales": [
                 multiscales_meta(name, 1, voxel_size)]}
         return zarr.create_array(
-            store=str(path / "0") if ome else str(path), shape=tuple(shape),
-            chunks=tuple(block), dtype=dtype, fill_value=0, dimension_names=("z", "y", "x"),
+            store=str(store), shape=tuple(shape), chunks=tuple(block), dtype=dtype,
+            fill_value=0, dimension_names=("z", "y", "x"),
             compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), zarr_format=3)
     except OSError as err:
         raise InputError(f"Cannot write '{path}' ({err.strerror}); choose a writable "
@@ -103,27 +113,38 @@ def create_labels(path: Path, shape, block, dtype="uint32", voxel_size=None, nam
 
 
 @contextlib.contextmanager
-def staged_output(output, overwrite: bool = False):
-    """Yield a hidden sibling path to write the labels to; it becomes ``output`` only when the
-    ``with`` block ends without error, and an older ``output`` (a zarr store, never a user's
-    file: :func:`.outputs.check_new_output`) is removed only then. On any failure, Ctrl-C
-    included, the half-written labels are removed and an older output is left as it was."""
+def partial_output(output, run: dict, resume: bool = False, overwrite: bool = False):
+    """Yield ``(partial, resumed)``: the claimed hidden ``.OUTPUT.partial`` to write the labels
+    into, and whether a stopped run with the same ``run`` record is being continued. It
+    becomes ``output`` only when the ``with`` block ends without error, and an older
+    ``output`` (a zarr store, never a user's file: :func:`.outputs.check_new_output`) is
+    replaced only then. A stopped run (Ctrl-C, or a kill) keeps the partial output for
+    ``resume``; any other failure removes it."""
     output = Path(output)
     check_parent(output)
     check_new_output(output, overwrite)
     _remove_stale_partials(output)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    partial = PartialOutput(output, job="segment")
     try:
-        yield tmp
-        swap_into_place(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        resumed = partial.open(run, resume, overwrite)
+    except OSError as err:
+        raise InputError(f"Cannot write '{output}' ({err.strerror}); choose a writable "
+                         "location.") from None
+    try:
+        yield partial, resumed
+    except KeyboardInterrupt:
+        partial.close()
+        raise
+    except BaseException:
+        partial.discard()
+        raise
+    partial.finish()
 
 
 def _remove_stale_partials(output: Path) -> None:
-    """Delete the half-written labels (and seeds) of segment runs that were killed (SIGKILL
-    leaves no chance to clean up). Each is a hidden ``.OUTPUT.PID.partial`` (seeds: a hidden
-    sibling of that, hence a second dot) named after its writer; a live writer's stay."""
+    """Delete the half-written labels (and seeds) that killed runs of earlier versions left,
+    named ``.OUTPUT.PID.partial`` after their writer (a live writer's stay). Today's runs
+    write ``.OUTPUT.partial``, which a stopped run keeps for ``resume``."""
     prefix = f"{output.name}."
     for path in output.parent.glob(".*" + glob.escape(prefix) + "*.partial*"):
         rest = path.name.lstrip(".")
@@ -154,18 +175,25 @@ def _block_size(block, shape) -> tuple:
     return tuple(min(b, s) for b, s in zip(block or DEFAULT_BLOCK, shape))
 
 
-def _label_blocks(source, out, threshold, connectivity, block):
-    """Pass 1: local labels in ``out``; returns ({block: count}, {block: sizes})."""
+def _label_blocks(source, local, threshold, connectivity, block, partial, name):
+    """Pass 1: local labels of every block in ``local``; returns ({block: count},
+    {block: sizes}). Blocks in ``partial``'s ledger keep what a stopped run wrote."""
     from skimage.measure import label
 
     counts, sizes = {}, {}
+    done = partial.done(f"{name}-local")
     for b in _blocks(source.shape, block):
-        sl = _slices(b, block, source.shape)
-        local = label(np.asarray(source[sl]) > threshold, connectivity=connectivity)
-        local = local.astype(np.uint32, copy=False)
-        out[sl] = local
-        counts[b] = int(local.max())
-        sizes[b] = np.bincount(local.ravel(), minlength=counts[b] + 1)
+        if b in done:
+            sizes[b] = partial.load_sample(b, name)
+        else:
+            sl = _slices(b, block, source.shape)
+            lab = label(np.asarray(source[sl]) > threshold, connectivity=connectivity)
+            lab = lab.astype(np.uint32, copy=False)
+            local[sl] = lab
+            sizes[b] = np.bincount(lab.ravel(), minlength=int(lab.max()) + 1)
+            partial.save_sample(b, sizes[b], name)
+            partial.mark(f"{name}-local", b)
+        counts[b] = len(sizes[b]) - 1
     return counts, sizes
 
 
@@ -215,23 +243,33 @@ def _face_pairs(out, shape, block, axis, p, offsets, connectivity):
 
 def label_volume(source, output, threshold: float = 0.5, connectivity: int = 1,
                  block: tuple | None = None, min_size: int = 0, overwrite: bool = False,
-                 voxel_size=None) -> dict:
+                 voxel_size=None, resume: bool = False, inputs: dict | None = None) -> dict:
     """Connected components of ``source > threshold`` written to ``output`` (uint32 zarr).
 
-    ``output`` appears only once complete (:func:`staged_output`)."""
+    ``output`` appears only once complete (:func:`partial_output`); ``resume`` continues a
+    stopped run of the same ``inputs`` (a description of what ``source`` was read from, which
+    the caller gives) with the same options."""
     check_segment_options(threshold, connectivity, min_size)
     shape = tuple(source.shape)
     block = _block_size(block, shape)
-    with staged_output(output, overwrite) as tmp:
-        out = create_labels(tmp, shape, block, "uint32", voxel_size, Path(output).name)
-        return _label_into(source, out, threshold, connectivity, block, min_size)
+    run = {"method": "cc", "inputs": inputs or {}, "shape": list(shape), "block": list(block),
+           "threshold": threshold, "connectivity": connectivity, "min_size": min_size,
+           "voxel_size": voxel_size}
+    with partial_output(output, run, resume, overwrite) as (partial, resumed):
+        out = create_labels(partial.path, shape, block, "uint32", voxel_size, Path(output).name,
+                            resumed)
+        return _components(source, out, partial, resumed, "labels", threshold, connectivity,
+                           block, min_size)
 
 
-def _label_into(source, out, threshold, connectivity, block, min_size) -> dict:
-    """The three passes of :func:`label_volume` into the empty label array ``out``."""
+def _components(source, out, partial, resumed, name, threshold, connectivity, block,
+                min_size) -> dict:
+    """The three passes of :func:`label_volume` into the label array ``out``; ``name`` keys
+    their ledger in ``partial``."""
     shape = tuple(source.shape)
-    counts, sizes = _label_blocks(source, out, _threshold_for(source, threshold), connectivity,
-                                  block)
+    local = create_labels(partial.work / f"{name}-local.zarr", shape, block, resumed=resumed)
+    counts, sizes = _label_blocks(source, local, _threshold_for(source, threshold),
+                                  connectivity, block, partial, name)
     order = list(_blocks(shape, block))
     offsets, total = {}, 0
     for b in order:
@@ -243,7 +281,7 @@ def _label_into(source, out, threshold, connectivity, block, min_size) -> dict:
     uf = UnionFind(total + 1)
     for axis in range(3):
         for p in range(block[axis], shape[axis], block[axis]):
-            for a, b in _face_pairs(out, shape, block, axis, p, offsets, connectivity):
+            for a, b in _face_pairs(local, shape, block, axis, p, offsets, connectivity):
                 uf.union(int(a), int(b))
     roots = uf.roots()
     volume = np.zeros(total + 1, dtype=np.int64)
@@ -254,47 +292,53 @@ def _label_into(source, out, threshold, connectivity, block, min_size) -> dict:
     keep[0] = False
     final_of_root = np.cumsum(keep).astype(np.uint32) * keep
     final = final_of_root[roots]
+    done = partial.done(name)
     for b in order:
-        if counts[b] == 0:
+        if counts[b] == 0 or b in done:  # an empty block is the array's fill value already
             continue
         sl = _slices(b, block, shape)
         lut = final[offsets[b]:offsets[b] + counts[b] + 1].copy()
         lut[0] = 0
-        out[sl] = lut[np.asarray(out[sl])]
+        out[sl] = lut[np.asarray(local[sl])]
+        partial.mark(name, b)
     return {"instances": int(keep.sum()), "blocks": len(order), "block": block,
             "provisional": total}
 
 
 def seeded_watershed(source, output, threshold: float = 0.5, seed_threshold: float = 0.9,
                      halo: int = 16, block: tuple | None = None, overwrite: bool = False,
-                     voxel_size=None) -> dict:
+                     voxel_size=None, resume: bool = False, inputs: dict | None = None) -> dict:
     """Seeds = components of ``p > seed_threshold``; grown through ``p > threshold`` per block.
 
-    ``output`` appears only once complete (:func:`staged_output`)."""
+    ``output`` appears only once complete (:func:`partial_output`); ``resume`` as for
+    :func:`label_volume`."""
     check_segment_options(threshold, halo=halo, seed_threshold=seed_threshold)
     output = Path(output)
     shape = tuple(source.shape)
     block = _block_size(block, shape)
-    with staged_output(output, overwrite) as tmp:
-        seeds_path = tmp.with_name(f"{tmp.name}.seeds.zarr")
-        try:
-            seeded = label_volume(source, seeds_path, seed_threshold, 1, block)
-            out = create_labels(tmp, shape, block, "uint32", voxel_size, output.name)
-            _grow(source, seeds_path, out, _threshold_for(source, threshold), halo, block)
-        finally:
-            shutil.rmtree(seeds_path, ignore_errors=True)
+    run = {"method": "watershed", "inputs": inputs or {}, "shape": list(shape),
+           "block": list(block), "threshold": threshold, "seed_threshold": seed_threshold,
+           "halo": halo, "voxel_size": voxel_size}
+    with partial_output(output, run, resume, overwrite) as (partial, resumed):
+        seeds = create_labels(partial.work / "seeds.zarr", shape, block, resumed=resumed)
+        seeded = _components(source, seeds, partial, resumed, "seeds", seed_threshold, 1,
+                             block, 0)
+        out = create_labels(partial.path, shape, block, "uint32", voxel_size, output.name,
+                            resumed)
+        _grow(source, seeds, out, _threshold_for(source, threshold), halo, block, partial)
     return {"instances": seeded["instances"], "blocks": math.prod(
         -(-n // c) for n, c in zip(shape, block)), "block": block}
 
 
-def _grow(source, seeds_path, out, t: float, halo: int, block) -> None:
+def _grow(source, seeds, out, t: float, halo: int, block, partial) -> None:
     """Watershed of every block (with ``halo`` voxels of context) from the stored seeds."""
-    import zarr
     from skimage.segmentation import watershed
 
-    seeds = zarr.open_array(str(seeds_path), mode="r")
     shape = tuple(source.shape)
+    done = partial.done("labels")
     for b in _blocks(shape, block):
+        if b in done:
+            continue
         inner = _slices(b, block, shape)
         outer = tuple(slice(max(s.start - halo, 0), min(s.stop + halo, n))
                       for s, n in zip(inner, shape))
@@ -302,3 +346,4 @@ def _grow(source, seeds_path, out, t: float, halo: int, block) -> None:
         grown = watershed(-prob, markers=np.asarray(seeds[outer]), mask=prob > t)
         crop = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
         out[inner] = grown[crop].astype(np.uint32)
+        partial.mark("labels", b)

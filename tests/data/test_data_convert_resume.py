@@ -102,19 +102,19 @@ def test_unfinished_conversion_is_kept_until_resumed_or_overwritten(data, monkey
         with pytest.raises(KeyboardInterrupt):
             _convert(data, out)
     work = partial.partial_path(out)
-    marked = (work / partial.WORK_DIR / "done.log").read_text()
+    marked = (work / ".masktwins-convert" / "done.log").read_text()
     base = ["convert", str(data / "img.tif"), str(out), "--labels", f"mito={data / 'mask.tif'}",
             "--chunks", "2,16,16", "--levels", "2", "--quiet"]
     cli_fails(base, "pass --resume to continue it or pass --overwrite")
     other_chunks = [("4,16,16" if a == "2,16,16" else a) for a in base]
     cli_fails(other_chunks + ["--resume"], "was started with other chunks")
-    assert (work / partial.WORK_DIR / "done.log").read_text() == marked  # nothing touched
+    assert (work / ".masktwins-convert" / "done.log").read_text() == marked  # nothing touched
     # --overwrite starts again from nothing
     with monkeypatch.context() as m:
         _stop_after(m, 2)
         with pytest.raises(KeyboardInterrupt):
             _convert(data, out, overwrite=True)
-    assert len((work / partial.WORK_DIR / "done.log").read_text().splitlines()) == 2
+    assert len((work / ".masktwins-convert" / "done.log").read_text().splitlines()) == 2
 
 
 def test_a_live_writer_is_never_taken_over(data, monkeypatch, cli_fails):
@@ -123,7 +123,7 @@ def test_a_live_writer_is_never_taken_over(data, monkeypatch, cli_fails):
         _stop_after(m, 3)
         with pytest.raises(KeyboardInterrupt):
             _convert(data, out)
-    lock = partial.partial_path(out) / partial.WORK_DIR / "lock"
+    lock = partial.partial_path(out) / ".masktwins-convert" / "lock"
     fd = os.open(lock, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)  # as a running convert holds it
     try:
