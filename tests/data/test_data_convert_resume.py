@@ -109,12 +109,25 @@ def test_unfinished_conversion_is_kept_until_resumed_or_overwritten(data, monkey
     other_chunks = [("4,16,16" if a == "2,16,16" else a) for a in base]
     cli_fails(other_chunks + ["--resume"], "was started with other chunks")
     assert (work / ".masktwins-convert" / "done.log").read_text() == marked  # nothing touched
-    # --overwrite starts again from nothing
+    # --resume --overwrite continues the same conversion ...
     with monkeypatch.context() as m:
         _stop_after(m, 2)
         with pytest.raises(KeyboardInterrupt):
-            _convert(data, out, overwrite=True)
+            _convert(data, out, resume=True, overwrite=True)
+    assert len((work / ".masktwins-convert" / "done.log").read_text().splitlines()) == 7
+    # ... and starts another one again from nothing, as --overwrite alone does
+    with monkeypatch.context() as m:
+        _stop_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            convert_volume(data / "img.tif", out, labels={"mito": str(data / "mask.tif")},
+                           chunks=(4, 16, 16), levels=2, show_progress=False, resume=True,
+                           overwrite=True)
     assert len((work / ".masktwins-convert" / "done.log").read_text().splitlines()) == 2
+    with monkeypatch.context() as m:
+        _stop_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            _convert(data, out, overwrite=True)
+    assert len((work / ".masktwins-convert" / "done.log").read_text().splitlines()) == 3
 
 
 def test_a_live_writer_is_never_taken_over(data, monkeypatch, cli_fails):
