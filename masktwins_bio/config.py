@@ -119,6 +119,10 @@ class UDAConfig:
     # classes pasted onto the target. Off by default (METHOD.md: optional); one more student
     # view per target crop.
     classmix: bool = False
+    # Voxels of real context added on each in-plane side of every target crop for the teacher
+    # only; the student trains on the inner crop. A UNet sees less context near a crop's edge
+    # (a third of a 256² crop lies within 24 px of it), so edge pseudo-labels are worse.
+    teacher_context: int = 0
 
 
 @dataclass
@@ -156,6 +160,12 @@ class RunConfig:
         if self.data.crop is not None:
             return tuple(int(c) for c in self.data.crop)
         return (256, 256) if self.dims == 2 else (16, 128, 128)
+
+    @property
+    def target_crop(self) -> tuple[int, ...]:
+        """The crop drawn from the target: ``crop`` widened in-plane by the teacher's context."""
+        c = self.uda.teacher_context
+        return self.crop[:-2] + tuple(s + 2 * c for s in self.crop[-2:])
 
     @property
     def block(self) -> tuple[int, ...]:
@@ -312,6 +322,9 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.uda.lambda_cl >= 0 and cfg.uda.lambda_cm >= 0,
            "uda.lambda_cl and uda.lambda_cm must not be negative.")
     _check(cfg.uda.warmup_iters >= 0, "uda.warmup_iters must not be negative.")
+    _check(cfg.uda.teacher_context >= 0, "uda.teacher_context must not be negative.")
+    _check(cfg.uda.teacher_context == 0 or cfg.data.kind == "em",
+           "uda.teacher_context works on EM volumes only; set it to 0 for driving scenes.")
     _check(cfg.uda.eval_model in ("teacher", "student"),
            f"uda.eval_model={cfg.uda.eval_model!r} is unknown; use teacher or student.")
     _check(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be positive.")

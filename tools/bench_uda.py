@@ -72,7 +72,8 @@ def commit() -> str:
 
 # Config keys added after runs were cached, with the value every earlier run had: left out of
 # the key while they hold it, so adding an option does not orphan the cache.
-ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False}
+ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
+               ("uda", "teacher_context"): 0}
 
 
 def run_key(direction: str, cfg_dict: dict) -> str:

@@ -100,8 +100,9 @@ def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
             stream = STREAM_SOURCE if role == "source" else STREAM_TARGET
             seed = (cfg.seed * 1_000_003 + stream * 1009 + rank) % 2**62
             batch = d.batch_source if role == "source" else d.batch_target
+            crop = cfg.crop if role == "source" else cfg.target_crop
             return StreamedDomain(role, image_spec, label_spec if keep_labels else None,
-                                  cfg.crop, batch, seed,
+                                  crop, batch, seed,
                                   d.foreground_prob if role == "source" else 0.0,
                                   None if d.workers < 0 else d.workers), None
         image, labels = _load_paths(image_spec, label_spec, cfg)
@@ -113,7 +114,12 @@ def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
                                  d.high_pct)
     except InputError as err:
         raise _named(err, f"The {role} image '{name or image_spec}'") from None
-    dom.check_crop(cfg.crop, cfg.dims)
+    if role == "target" and cfg.uda.teacher_context:
+        dom.check_crop(cfg.target_crop, cfg.dims, "set a smaller data.crop or "
+                       f"uda.teacher_context (the target crop is data.crop plus "
+                       f"{cfg.uda.teacher_context} voxels on each side)")
+    else:
+        dom.check_crop(cfg.crop, cfg.dims)
     return dom, labels
 
 

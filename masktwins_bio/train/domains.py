@@ -46,11 +46,12 @@ class Domain:
         return cls(name, stats.apply(image), stats,
                    None if labels is None else labels.astype(bool), fg)
 
-    def check_crop(self, crop: tuple[int, ...], dims: int) -> None:
+    def check_crop(self, crop: tuple[int, ...], dims: int,
+                   fix: str = "set a smaller data.crop") -> None:
         spatial = self.image.shape[-dims:]
         if any(c > s for c, s in zip(crop, spatial)):
             raise InputError(f"The crop {list(crop)} is larger than the {self.name} volume "
-                             f"{list(spatial)}; set a smaller data.crop.")
+                             f"{list(spatial)}; {fix}.")
 
 
 def _corner(shape, crop, rng, centre=None) -> tuple[int, ...]:

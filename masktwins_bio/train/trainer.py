@@ -123,22 +123,23 @@ class Trainer:
             return iteration_rng(self.cfg.seed, it, stream * 1000 + self.ctx.rank)
         return iteration_rng(self.cfg.seed, it, stream)
 
-    def _draw(self, domain, it: int, stream: int, n: int, foreground_prob: float):
+    def _draw(self, domain, it: int, stream: int, n: int, foreground_prob: float, crop):
         """Batch of iteration ``it`` from an in-memory Domain or a domain that reads its own
         crops (streamed from disk, driving scenes) through ``draw``."""
         aug, rng = self.cfg.augment, self._rng(it, stream)
         if isinstance(domain, Domain):
-            return draw_batch(domain, n, self.cfg.crop, self.cfg.dims, rng, foreground_prob,
+            return draw_batch(domain, n, crop, self.cfg.dims, rng, foreground_prob,
                               aug.flip, aug.rot90)
         return domain.draw(it, rng, aug.flip, aug.rot90)
 
     def _batches(self, it: int):
         d = self.cfg.data
         src_x, src_y = self._draw(self.source, it, STREAM_SOURCE, d.batch_source,
-                                  d.foreground_prob)
+                                  d.foreground_prob, self.cfg.crop)
         tgt = None
         if self.target is not None and self.cfg.method != "source-only":
-            tgt, _ = self._draw(self.target, it, STREAM_TARGET, d.batch_target, 0.0)
+            tgt, _ = self._draw(self.target, it, STREAM_TARGET, d.batch_target, 0.0,
+                                self.cfg.target_crop)
         return src_x, src_y, tgt
 
     def step(self, it: int, keep_views: bool = False, batches=None):

@@ -121,3 +121,33 @@ def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
     assert bench.run_key("vnc-to-lucchi", cfg) == bench.run_key("vnc-to-lucchi", before)
     on = {**cfg, "uda": {**cfg["uda"], "teacher_flips": True}}
     assert bench.run_key("vnc-to-lucchi", on) != bench.run_key("vnc-to-lucchi", cfg)
+
+
+class Seen(torch.nn.Module):
+    """A voxel-local network that remembers its last input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return self.conv(x)
+
+
+def test_teacher_context_gives_the_teacher_the_wide_crop_and_the_student_its_middle():
+    torch.manual_seed(0)
+    cfg = build_config({"method": "masktwins", "uda": {"teacher_context": 3},
+                        "mask": {"ratio": 1e-6}})
+    src_x, src_y = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    tgt = torch.randn(2, 1, 14, 14)
+    student, teacher = Seen(), Seen()
+    out = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y, tgt, tgt + 1,
+                   torch.Generator().manual_seed(0), adapt=True, keep_views=True)
+    assert torch.equal(teacher.seen, tgt)                          # the whole wide crop
+    assert student.seen.shape == (4, 1, 8, 8)                      # the twins, inner 8 x 8
+    assert torch.equal(student.seen[:2], tgt[..., 3:-3, 3:-3] + 1)  # masks hide nothing here
+    with torch.no_grad():
+        assert torch.allclose(out.views["teacher"], torch.sigmoid(teacher(tgt))[..., 3:-3, 3:-3])
+    assert cfg.target_crop == (262, 262) and build_config({}).target_crop == (256, 256)
+    assert build_config({"dims": 3, "uda": {"teacher_context": 4}}).target_crop == (16, 136, 136)
