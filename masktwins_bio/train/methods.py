@@ -159,7 +159,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
     if keep_views:
         out.views.update(target=tgt_weak.detach(), teacher=t_prob)
     out.loss = total + sum(extra) if extra else total
-    out.terms["loss/total"] = float(total.detach())
+    out.terms["loss/total"] = float(out.loss.detach())
     return out
 
 
