@@ -34,19 +34,7 @@ def test_mixed_labels_are_ground_truth_where_pasted_and_pseudo_labels_elsewhere(
     assert class_mix(mask, src, tgt).flatten().tolist() == [7.0, 0.0, 0.0, 7.0]
 
 
-class Recorder(torch.nn.Module):
-    """A voxel-local student that remembers the batch it saw last."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 1, 1)
-
-    def forward(self, x):
-        self.seen = x.detach().clone()
-        return self.conv(x)
-
-
-def test_every_teacher_method_trains_on_the_mixed_image_in_its_one_forward():
+def test_every_teacher_method_trains_on_the_mixed_image_in_its_one_forward(recorder):
     torch.manual_seed(0)
     src_x, tgt = torch.full((2, 1, 8, 8), 5.0), torch.full((2, 1, 8, 8), -5.0)
     src_y = torch.zeros(2, 1, 8, 8)
@@ -55,7 +43,7 @@ def test_every_teacher_method_trains_on_the_mixed_image_in_its_one_forward():
     torch.nn.init.constant_(teacher.weight, 0.0)
     torch.nn.init.constant_(teacher.bias, -6.0)           # sure of background: weight 1
     for method, views in (("mean-teacher", 1), ("mic", 1), ("rmask", 2), ("masktwins", 2)):
-        student = Recorder()
+        student = recorder()
         out = {}
         for classmix in (False, True):
             cfg = build_config({"method": method, "uda": {"classmix": classmix}})

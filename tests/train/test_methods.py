@@ -123,25 +123,14 @@ def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
     assert bench.run_key("vnc-to-lucchi", on) != bench.run_key("vnc-to-lucchi", cfg)
 
 
-class Seen(torch.nn.Module):
-    """A voxel-local network that remembers its last input."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 1, 1)
-
-    def forward(self, x):
-        self.seen = x.detach().clone()
-        return self.conv(x)
-
-
-def test_teacher_context_gives_the_teacher_the_wide_crop_and_the_student_its_middle():
+def test_teacher_context_gives_the_teacher_the_wide_crop_and_the_student_its_middle(
+        recorder):
     torch.manual_seed(0)
     cfg = build_config({"method": "masktwins", "uda": {"teacher_context": 3},
                         "mask": {"ratio": 1e-6}})
     src_x, src_y = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
     tgt = torch.randn(2, 1, 14, 14)
-    student, teacher = Seen(), Seen()
+    student, teacher = recorder(), recorder()
     out = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y, tgt, tgt + 1,
                    torch.Generator().manual_seed(0), adapt=True, keep_views=True)
     assert torch.equal(teacher.seen, tgt)                          # the whole wide crop

@@ -1,0 +1,21 @@
+"""Shared pieces of the trainer tests."""
+import pytest
+import torch
+
+
+class Recorder(torch.nn.Module):
+    """A voxel-local (1x1 conv) network that remembers the batch it saw last."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return self.conv(x)
+
+
+@pytest.fixture
+def recorder():
+    """The class of a network that remembers its last input (``net.seen``)."""
+    return Recorder
