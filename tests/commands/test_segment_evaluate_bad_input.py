@@ -185,8 +185,8 @@ def test_evaluate_tells_probabilities_from_instance_labels(tmp_path, cli_error):
     assert "--instances" in message and "sigmoid" not in message
 
 
-def test_ctrl_c_in_segment_removes_its_output_and_does_not_offer_resume(tmp_path, capsys,
-                                                                        monkeypatch, digest):
+def test_ctrl_c_in_segment_keeps_its_unfinished_output_for_resume(tmp_path, capsys,
+                                                                  monkeypatch, digest):
     from masktwins_bio.inference import instances
 
     prob = _prediction(tmp_path / "prob.zarr", _prob())
@@ -197,13 +197,19 @@ def test_ctrl_c_in_segment_removes_its_output_and_does_not_offer_resume(tmp_path
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(instances, "_face_pairs", interrupted)
-    assert _segment(prob, tmp_path / "new.zarr", "--block", "2,20,20") == 130
-    err = capsys.readouterr().err
-    assert "interrupted" in err and "--resume" not in err
-    assert not (tmp_path / "new.zarr").exists()
-    assert _segment(prob, keep, "--block", "2,20,20", "--overwrite") == 130
-    assert digest(keep) == before and _leftovers(tmp_path) == []
+    with monkeypatch.context() as m:
+        m.setattr(instances, "_face_pairs", interrupted)
+        assert _segment(prob, tmp_path / "new.zarr", "--block", "2,20,20") == 130
+        err = capsys.readouterr().err
+        assert "interrupted" in err and "with --resume to continue" in err
+        assert not (tmp_path / "new.zarr").exists()
+        assert _segment(prob, keep, "--block", "2,20,20", "--overwrite") == 130
+        assert digest(keep) == before            # the older output stays as it was
+    assert sorted(_leftovers(tmp_path)) == [".keep.zarr.partial", ".new.zarr.partial"]
+    assert _segment(prob, tmp_path / "new.zarr", "--block", "2,20,20", "--resume") == 0
+    assert _segment(prob, keep, "--block", "2,20,20", "--overwrite", "--resume") == 0
+    assert digest(keep) == before                # the same labels, now from the resumed run
+    assert _leftovers(tmp_path) == []
 
 
 def test_ctrl_c_in_evaluate_does_not_offer_resume(tmp_path, capsys, monkeypatch):

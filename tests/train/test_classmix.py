@@ -55,4 +55,4 @@ def test_every_teacher_method_trains_on_the_mixed_image_in_its_one_forward(recor
         for m, y in zip(mixed, src_y):                   # pasted source exactly on one class
             pasted = m == 5.0
             assert torch.equal(pasted, y.bool()) or torch.equal(pasted, ~y.bool()), method
-        assert float(out[True].loss) != float(out[False].loss), method
+        assert float(out[True].loss.detach()) != float(out[False].loss.detach()), method
