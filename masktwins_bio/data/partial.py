@@ -49,7 +49,7 @@ def describe_inputs(specs: dict) -> dict:
 
 
 class PartialOutput:
-    """The hidden folder of one conversion, claimed (locked) by this process."""
+    """The hidden folder of one conversion (or segmentation), claimed (locked) by this process."""
 
     def __init__(self, out: Path, job: str = "convert"):
         self.out, self.job, self.what = Path(out), job, JOBS[job]
