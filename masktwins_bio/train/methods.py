@@ -105,36 +105,29 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
     lam = cfg.uda.lambda_cl * weight
 
     def pseudo_loss(logits):
-        return seg_loss(logits, pseudo) if keep is None else seg_loss(logits, pseudo, keep)
+        return _loss(seg_loss, logits, pseudo, keep)
 
     b, spatial = tgt_strong.shape[0], tgt_strong.shape[2:]
-    mixed, extra = None, []   # the class-mix view and its loss term, when on
-    if cfg.uda.classmix:
-        mixed = _class_mixed(cfg, src_x, src_y, tgt_strong, pseudo, keep, gen)
+    mixed = _class_mixed(cfg, src_x, src_y, tgt_strong, pseudo, keep, gen) \
+        if cfg.uda.classmix else None
 
     def student_views(*views):
-        """The student's logits of each view (and of the mixed image, kept aside), in one
-        forward: same cost as separate ones, better hardware use."""
+        """The student's logits of each view and of the class-mixed image (None when off), in
+        one forward: same cost as separate ones, better hardware use."""
         batch = list(views) + ([mixed[0]] if mixed is not None else [])
         logits = student(torch.cat(batch)).split([v.shape[0] for v in batch])
-        if mixed is not None:
-            x_mix, y_mix, keep_mix = mixed
-            l_mix = seg_loss(logits[-1], y_mix) if keep_mix is None else \
-                seg_loss(logits[-1], y_mix, keep_mix)
-            out.terms["loss/mix"] = float(l_mix.detach())
-            extra.append(lam * l_mix)
-            if keep_views:
-                out.views.update(mixed=x_mix.detach())
-        return logits[:len(views)]
+        return logits[:len(views)], (logits[-1] if mixed is not None else None)
 
     if method == "mean-teacher":
-        l_cl = pseudo_loss(student_views(tgt_strong)[0])
+        (logits,), mix_logits = student_views(tgt_strong)
+        l_cl = pseudo_loss(logits)
         total = sup + lam * l_cl
         out.terms["loss/cl"] = float(l_cl.detach())
     elif method == "mic":
         visible = block_mask(b, spatial, cfg.block, cfg.mask.ratio, gen, tgt_strong.device)
         masked = tgt_strong * visible
-        l_cl = pseudo_loss(student_views(masked)[0])
+        (logits,), mix_logits = student_views(masked)
+        l_cl = pseudo_loss(logits)
         total = sup + lam * l_cl
         out.terms["loss/cl"] = float(l_cl.detach())
         if keep_views:
@@ -147,7 +140,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
             m1, m2 = independent_masks(b, spatial, cfg.block, cfg.mask.ratio, gen,
                                        tgt_strong.device)
             twin_a, twin_b = tgt_strong * m1, tgt_strong * m2
-        logits_a, logits_b = student_views(twin_a, twin_b)
+        (logits_a, logits_b), mix_logits = student_views(twin_a, twin_b)
         l_cl = 0.5 * (pseudo_loss(logits_a) + pseudo_loss(logits_b))
         l_cm = twin_consistency(logits_a, logits_b)
         total = sup + lam * l_cl + cfg.uda.lambda_cm * l_cm
@@ -156,11 +149,23 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         if keep_views:
             out.views.update(twin_a=twin_a.detach(), twin_b=twin_b.detach(),
                              pred_a=_view(logits_a, n_classes), pred_b=_view(logits_b, n_classes))
+    if mixed is not None:
+        x_mix, y_mix, keep_mix = mixed
+        l_mix = _loss(seg_loss, mix_logits, y_mix, keep_mix)
+        total = total + lam * l_mix
+        out.terms["loss/mix"] = float(l_mix.detach())
+        if keep_views:
+            out.views.update(mixed=x_mix.detach())
     if keep_views:
         out.views.update(target=tgt_weak.detach(), teacher=t_prob)
-    out.loss = total + sum(extra) if extra else total
-    out.terms["loss/total"] = float(out.loss.detach())
+    out.loss = total
+    out.terms["loss/total"] = float(total.detach())
     return out
+
+
+def _loss(seg_loss, logits, labels, keep):
+    """``seg_loss`` on every voxel, or only on those ``keep`` marks (binary confident_only)."""
+    return seg_loss(logits, labels) if keep is None else seg_loss(logits, labels, keep)
 
 
 def _class_mixed(cfg: RunConfig, src_x, src_y, tgt_x, pseudo, keep, gen):
