@@ -22,8 +22,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -376,6 +378,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_infer_"))
     work.mkdir(parents=True, exist_ok=True)
+    if not args.workdir:  # its volumes take ~4.5 GB: never leave them behind, failed or not
+        atexit.register(shutil.rmtree, work, True)
     shape = tuple(int(v) for v in args.speed_shape.split(","))
 
     parts = set(args.parts.split(","))
