@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from masktwins_bio.config import METHODS, build_config, load_yaml  # noqa: E402
 from masktwins_bio.data.paths import write_json_atomic  # noqa: E402
-from masktwins_bio.train.methods import USES_MASKS  # noqa: E402
+from masktwins_bio.train.methods import USES_MASKS, USES_TEACHER  # noqa: E402
 
 CACHE = ROOT / "tools" / "results" / "uda"
 METRICS = ("iou", "f1", "mcc", "map")
@@ -76,12 +76,20 @@ ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
                ("uda", "teacher_context"): 0}
 
 
+# The uda options only a teacher reads (source-only draws no target crops either).
+TEACHER_ONLY = {"teacher_flips", "teacher_context", "classmix"}
+
+
 def run_key(direction: str, cfg_dict: dict) -> str:
     """Hash of the direction and the resolved config, less what the method never reads: the
-    mask settings of methods without masks (tests/train/test_methods.py checks they are
-    unused), so a change of the mask defaults keeps their cached runs."""
+    mask settings of methods without masks and the teacher options of source-only
+    (tests/train/test_methods.py checks they are unused), so a change of those defaults keeps
+    their cached runs."""
     if cfg_dict.get("method") not in USES_MASKS:
         cfg_dict = {k: v for k, v in cfg_dict.items() if k != "mask"}
+    if cfg_dict.get("method") not in USES_TEACHER and "uda" in cfg_dict:
+        cfg_dict = {**cfg_dict, "uda": {k: v for k, v in cfg_dict["uda"].items()
+                                        if k not in TEACHER_ONLY}}
     for (section, key), old in ADDED_LATER.items():
         if section in cfg_dict and cfg_dict[section].get(key, old) == old:
             cfg_dict = {**cfg_dict, section: {k: v for k, v in cfg_dict[section].items()

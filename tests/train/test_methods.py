@@ -106,9 +106,7 @@ def test_flipped_teacher_averages_the_four_in_plane_flips():
         assert torch.allclose(teacher_logits(local, x, True), local(x), atol=1e-6)
 
 
-def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
-    """Cached runs were keyed before ``uda.teacher_flips`` existed: at its default (off) the key
-    is the one those runs have, on it is another."""
+def _bench_uda():
     import importlib.util
     from pathlib import Path
 
@@ -116,6 +114,38 @@ def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
     spec = importlib.util.spec_from_file_location("bench_uda_keys", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_source_only_ignores_the_teacher_options():
+    """bench_uda keys source-only runs without the teacher options: true only while its step
+    neither reads them nor draws from the generator, and the trainer draws it no target crop."""
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Conv2d(1, 1, 3, padding=1)
+    src_x, src_y = torch.randn(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    tgt = torch.randn(2, 1, 16, 16)
+    results = []
+    for uda in ({}, {"teacher_flips": True, "teacher_context": 4, "classmix": True}):
+        cfg = build_config({"method": "source-only", "uda": uda})
+        gen = torch.Generator().manual_seed(0)
+        out = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y, tgt, tgt, gen,
+                       adapt=True)
+        results.append((float(out.loss.detach()), float(torch.rand(1, generator=gen))))
+    assert results[0] == results[1]
+
+    bench = _bench_uda()
+    for method, same in (("source-only", True), ("mean-teacher", False)):
+        off = build_config({"method": method}).to_dict()
+        teacher_options = {"teacher_flips": True, "teacher_context": 4}
+        on = build_config({"method": method, "uda": teacher_options}).to_dict()
+        assert (bench.run_key("vnc-to-lucchi", off) == bench.run_key("vnc-to-lucchi", on)) \
+            == same, method
+
+
+def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
+    """Cached runs were keyed before ``uda.teacher_flips`` existed: at its default (off) the key
+    is the one those runs have, on it is another."""
+    bench = _bench_uda()
     cfg = build_config({"method": "masktwins"}).to_dict()
     before = {**cfg, "uda": {k: v for k, v in cfg["uda"].items() if k != "teacher_flips"}}
     assert bench.run_key("vnc-to-lucchi", cfg) == bench.run_key("vnc-to-lucchi", before)
