@@ -270,12 +270,25 @@ def _mark_done(work: Path, name: str, sha256: str) -> None:
 
 def _extract_into(archive: Path, tmp: Path, work: Path) -> None:
     extract(archive, tmp)
-    for child in tmp.iterdir():
-        target = work / child.name
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        os.replace(child, target)
+    _merge(tmp, work)
     shutil.rmtree(tmp)
+
+
+def _merge(src: Path, dest: Path) -> None:
+    """Move the tree ``src`` into ``dest``: folders both hold are merged, files replaced.
+    Archives of one dataset may share a top-level folder (images in one, labels in another),
+    so a folder already extracted must not be replaced wholesale."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in src.iterdir():
+        target = dest / child.name
+        if child.is_dir() and target.is_dir() and not target.is_symlink():
+            _merge(child, target)
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(child, target)
 
 
 def _link_into(path: Path, target: Path) -> None:

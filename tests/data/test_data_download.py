@@ -38,11 +38,14 @@ def _png(arr) -> bytes:
     return buf.getvalue()
 
 
+IMAGES_ZIP = _zip({f"ds/raw/{z:02d}.png": _png(IMG[z]) for z in range(3)})
+MASKS_ZIP = _zip({f"ds/mask/{z:02d}.png": _png(MASK[z]) for z in range(3)})
 GOOD = _zip({**{f"ds/raw/{z:02d}.png": _png(IMG[z]) for z in range(3)},
              **{f"ds/mask/{z:02d}.png": _png(MASK[z]) for z in range(3)}})
 PLAIN = {**{f"plain/raw/{z:02d}.png": _png(IMG[z]) for z in range(3)},
          **{f"plain/mask/{z:02d}.png": _png(MASK[z]) for z in range(3)}}
-FILES = {**PLAIN, "good.zip": GOOD, "corrupt.zip": GOOD[:200] + b"\0" * 300 + GOOD[500:],
+FILES = {**PLAIN, "good.zip": GOOD, "images.zip": IMAGES_ZIP, "masks.zip": MASKS_ZIP,
+         "corrupt.zip": GOOD[:200] + b"\0" * 300 + GOOD[500:],
          "evil.zip": _zip({"ds/raw/00.png": _png(IMG[0]), "../evil.txt": b"x"}),
          "notzip.zip": b"plain bytes, no archive"}
 
@@ -172,6 +175,20 @@ def test_single_files_in_folders_are_fetched_verified_and_converted(tmp_path, se
     import json
     record = json.loads((folder / "manifest.json").read_text())
     assert all(f["verified"] for f in record["files"].values()) and len(record["files"]) == 6
+
+
+def test_archives_sharing_a_top_level_folder_are_merged(tmp_path, server):
+    """Images in one archive and labels in another, both under ``ds/`` (as some datasets ship):
+    the second extraction adds to the folder the first made instead of replacing it."""
+    files = tuple(RemoteFile(name, (f"{server}/{name}",), hashlib.sha256(FILES[name]).hexdigest())
+                  for name in ("images.zip", "masks.zip"))
+    registry = {"toy": DatasetEntry(name="toy", description="toy", files=files,
+                                    voxel_size=(40.0, 4.0, 4.0),
+                                    splits={"train": Split("ds/raw", "ds/mask", SHAPE)})}
+    download_dataset("toy", tmp_path, registry=registry, show=False)
+    found = resolve("toy", root=tmp_path, registry=registry)
+    np.testing.assert_array_equal(open_volume(found.image).read(), IMG)
+    np.testing.assert_array_equal(load_labels(found.labels), MASK > 0)
 
 
 def test_registry_names_paths_and_cli(tmp_path, monkeypatch, capsys):
