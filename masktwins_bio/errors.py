@@ -19,3 +19,13 @@ class ConfigError(MaskTwinsError):
 
 class CheckpointError(MaskTwinsError):
     """A checkpoint or run directory is missing, foreign or does not fit the job."""
+
+
+class WriteStopped(InputError):
+    """A long job could not write its output (disk full, permissions): what it finished is
+    kept, and the same command continues it once the cause is fixed."""
+
+    def __init__(self, path, reason, again: str = "run the same command again with --resume"):
+        self.path, self.reason = path, reason
+        super().__init__(f"Cannot write '{path}' ({reason}); free space or fix permissions, "
+                         f"then {again}.")

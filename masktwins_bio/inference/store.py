@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.paths import write_json_atomic
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, WriteStopped
 from .ledger import LedgerWriter, ledger_dir, read_run, write_run
 from .outputs import check_replaceable, check_writable
 
@@ -175,8 +175,7 @@ class ZarrSink:
                 mask[slices] = (prob > self.spec.threshold).astype(np.uint8)
             self.ledger.mark(block, float(prob.sum(dtype=np.float64)))
         except OSError as err:
-            raise InputError(f"Cannot write to '{self.spec.path}' ({err.strerror}); free space "
-                             "or fix permissions, then run again with --resume.") from None
+            raise WriteStopped(self.spec.path, err.strerror or err) from None
 
     def close(self) -> None:
         self.ledger.close()

@@ -2,6 +2,7 @@
 an unfinished one is never thrown away unasked, nor taken over from a live writer."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import subprocess
@@ -65,6 +66,36 @@ def test_resumed_conversion_equals_an_uninterrupted_one(data, monkeypatch, diges
     assert not partial.partial_path(out).exists()
     assert digest(out) == digest(whole)  # every byte, statistics included
     assert volume_stats(out) == volume_stats(whole)
+
+
+def _disk_full_after(monkeypatch, n: int):
+    """The ``n``-th block's write fails as on a full disk (ENOSPC)."""
+    real, count = partial.PartialOutput.mark, []
+
+    def mark(self, array, corner):
+        count.append(1)
+        if len(count) == n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, array, corner)
+    monkeypatch.setattr(partial.PartialOutput, "mark", mark)
+
+
+def test_full_disk_keeps_the_conversion_for_resume(data, monkeypatch, cli_fails, digest):
+    whole = _convert(data, data / "whole" / "o.ome.zarr")
+    out = data / "o.ome.zarr"
+    base = ["convert", str(data / "img.tif"), str(out), "--labels", f"mito={data / 'mask.tif'}",
+            "--chunks", "2,16,16", "--levels", "2", "--quiet"]
+    with monkeypatch.context() as m:
+        _disk_full_after(m, 20)
+        cli_fails(base, "No space left on device); free space or fix permissions, then run "
+                        "the same command again with --resume.")
+    assert not out.exists()
+    done = (partial.partial_path(out) / ".masktwins-convert" / "done.log").read_text()
+    assert len(done.splitlines()) == 19
+    with monkeypatch.context():
+        from masktwins_bio.cli import main
+        assert main(base + ["--resume"]) == 0
+    assert digest(out) == digest(whole)
 
 
 def test_killed_conversion_resumes(data, digest, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from masktwins_bio.cli import main
+from masktwins_bio.data import registry as reg
 from masktwins_bio.data.download import download_dataset
 from masktwins_bio.data.registry import DatasetEntry, RemoteFile, Split, is_present, resolve
 from masktwins_bio.data.volumes import open_volume
@@ -155,6 +156,35 @@ def test_interrupted_download_resumes_its_conversion(tmp_path, remote, monkeypat
     assert written == ["labels/mito/0"] * 2   # the label blocks the first run had not written
     assert not [p.name for p in (root / "toy").iterdir() if p.name.startswith(".")]
     assert digest(root / "toy" / "train.ome.zarr") == digest(whole)
+
+
+def test_full_disk_while_converting_keeps_the_conversion(tmp_path, remote, monkeypatch,
+                                                         cli_fails):
+    """The disk fills up during the conversion: one sentence, the converted blocks kept, and
+    the same download, run again, continues and finishes."""
+    import errno
+    import os
+
+    from masktwins_bio.data import partial
+    from masktwins_bio.data.download import _staged_path
+
+    real, count = partial.PartialOutput.mark, []
+
+    def mark(self, array, corner):
+        count.append(1)
+        if len(count) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, array, corner)
+    registry = _registry(*remote)
+    monkeypatch.setitem(reg.REGISTRY, "toy", registry["toy"])
+    args = ["download", "toy", "--data-root", str(tmp_path), "--quiet"]
+    with monkeypatch.context() as m:
+        m.setattr(partial.PartialOutput, "mark", mark)
+        cli_fails(args, "No space left on device); free space or fix permissions, then run "
+                        "the download again: it continues where it stopped.")
+    staged = _staged_path(tmp_path / "toy", "train")
+    assert partial.partial_path(staged).is_dir() and not is_present(registry["toy"], tmp_path)
+    assert main(args) == 0 and is_present(registry["toy"], tmp_path)
 
 
 def test_a_conversion_of_other_inputs_is_started_again(tmp_path, remote, monkeypatch):

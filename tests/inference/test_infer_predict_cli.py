@@ -113,6 +113,34 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path, ckpts, volume):
     assert _predict(ckpts[2], volume, out, "--resume") == 2           # other block size
 
 
+def test_full_disk_stops_with_a_sentence_and_resumes(tmp_path, ckpts, volume, monkeypatch,
+                                                     cli_error):
+    import errno
+
+    from masktwins_bio.inference import ledger
+
+    args = ["--block", "1,16,16", "--batch-size", "3"]
+    ref = tmp_path / "ref.zarr"
+    assert _predict(ckpts[2], volume, ref, *args) == 0
+    real, count = ledger.LedgerWriter.mark, []
+
+    def mark(self, block, total):   # the 20th block's write fails as on a full disk
+        count.append(1)
+        if len(count) == 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, block, total)
+    out = tmp_path / "full.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(ledger.LedgerWriter, "mark", mark)
+        assert _predict(ckpts[2], volume, out, *args) == 2
+    assert cli_error().endswith("No space left on device); free space or fix permissions, "
+                                "then run the same command again with --resume.")
+    assert 0 < len(finished_blocks(out)) < 10 * 5 * 6   # writes in flight may still land
+    assert _predict(ckpts[2], volume, out, *args, "--resume") == 0
+    a, b = zarr.open_array(str(ref), mode="r"), zarr.open_array(str(out), mode="r")
+    assert a[:].tobytes() == b[:].tobytes()
+
+
 def test_dask_local_cluster_equals_single_process(tmp_path, ckpts, volume):
     pytest.importorskip("distributed")
     args = ["--block", "2,32,48"]

@@ -1,5 +1,7 @@
 """segment --resume: a stopped segmentation continues from its ledger and writes the bytes of an
 uninterrupted one; an unfinished one is never thrown away unasked."""
+import errno
+import os
 import subprocess
 import sys
 
@@ -38,6 +40,31 @@ def _count_writes(monkeypatch) -> list:
                         lambda self, array, corner: (written.append(array),
                                                      real(self, array, corner)))
     return written
+
+
+def test_full_disk_keeps_the_segmentation_for_resume(tmp_path, monkeypatch, cli_fails, digest):
+    p = _prob()
+    zarr.save_array(str(tmp_path / "prob.zarr"), p, zarr_format=3)
+    whole = tmp_path / "whole" / "inst.zarr"
+    whole.parent.mkdir()
+    label_volume(p, whole, 0.55, 1, BLOCK)
+    out = tmp_path / "inst.zarr"
+    args = ["segment", "--input", str(tmp_path / "prob.zarr"), "--output", str(out),
+            "--threshold", "0.55", "--block", ",".join(map(str, BLOCK))]
+    real, count = partial.PartialOutput.mark, []
+
+    def mark(self, array, corner):   # the 100th block's write fails as on a full disk
+        count.append(1)
+        if len(count) == 100:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, array, corner)
+    with monkeypatch.context() as m:
+        m.setattr(partial.PartialOutput, "mark", mark)
+        cli_fails(args, "No space left on device); free space or fix permissions, then run "
+                        "the same command again with --resume.")
+    assert not out.exists() and partial.partial_path(out).is_dir()
+    assert main(args + ["--resume"]) == 0
+    assert digest(out) == digest(whole)
 
 
 @pytest.mark.parametrize("name", ["inst.zarr", "inst.ome.zarr"])
