@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, WriteStopped
+from ..inference.outputs import check_replaceable
 from .normalize import compute_stats
 from .ome_zarr import copy_blocks, create_level, downsample_level, multiscales_meta
 from .partial import PartialOutput, describe_inputs
@@ -41,6 +42,8 @@ def _check_output(out: Path, overwrite: bool, sources: list[Volume]) -> None:
     if os.path.lexists(out) and not overwrite:
         raise InputError(f"'{out}' already exists; pass --overwrite to replace it or choose "
                          "another output.")
+    if os.path.lexists(out):
+        check_replaceable(out)  # --overwrite replaces a zarr store, never a user's other data
 
 
 def _check_apart(out: Path, spec: str) -> None:

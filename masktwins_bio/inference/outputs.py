@@ -1,4 +1,5 @@
-"""Checks on an output path shared by ``predict`` and ``segment``, run before anything is written.
+"""Checks on an output path shared by ``predict``, ``segment`` and ``convert``, run before anything
+is written.
 
 An output is a zarr folder whose name ends in ``.zarr``. It must not be (or contain) one of the
 job's own inputs, its folder must exist and be writable, and an existing path is only ever

@@ -125,11 +125,21 @@ def test_label_input_is_never_overwritten(data, cli_fails, digest):
     assert digest(data) == before
 
 
-def test_overwrite_onto_a_file_leaves_nothing_behind(data):
-    (data / "x.zarr").write_text("old")
-    convert_volume(data / "stack.tif", data / "x.zarr", overwrite=True, show_progress=False)
-    np.testing.assert_array_equal(open_volume(data / "x.zarr").read(), VOL)
-    assert not [p.name for p in data.iterdir() if p.name.startswith(".x.zarr")]
+def test_overwrite_replaces_a_zarr_store_but_never_other_data(data, cli_fails, digest):
+    """--overwrite replaces what a toolkit wrote (a zarr store), as predict and segment do; a
+    file or a folder of anything else named *.zarr is the user's, and stays."""
+    (data / "notes.zarr").write_text("old")
+    (data / "thesis.zarr").mkdir()
+    (data / "thesis.zarr" / "chapter1.tex").write_text("text")
+    before = digest(data)
+    cli_fails(["convert", str(data / "stack.tif"), str(data / "notes.zarr"), "--overwrite",
+               "--quiet"], "is a file, not a zarr output, so it will not be replaced")
+    cli_fails(["convert", str(data / "stack.tif"), str(data / "thesis.zarr"), "--overwrite",
+               "--quiet"], "holds no zarr data, so --overwrite will not delete it")
+    assert digest(data) == before
+    convert_volume(data / "stack.tif", data / "arr.zarr", overwrite=True, show_progress=False)
+    np.testing.assert_array_equal(open_volume(data / "arr.zarr").read(), VOL)
+    assert not [p.name for p in data.iterdir() if p.name.startswith(".arr.zarr")]
 
 
 # -- 7: interleaved RGB in HDF5 ---------------------------------------------------------------
