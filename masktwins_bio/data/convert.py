@@ -25,7 +25,7 @@ from .ome_zarr import copy_blocks, create_level, downsample_level, multiscales_m
 from .partial import PartialOutput, describe_inputs
 from .paths import make_parents, remove_empty
 from .spec import parse_spec
-from .volumes import Volume, binarise_labels, open_volume
+from .volumes import Volume, binarise_region, open_volume
 
 DEFAULT_CHUNKS = (4, 128, 128)  # cheap 2D and 3D random crops (see tools/bench_loader.py)
 _STATS_SAMPLES = 4_000_000
@@ -110,13 +110,9 @@ class _StatsSampler:
 
 def _label_reader(vol: Volume, rule: str):
     def read(b):
-        data = vol[b]
         if rule == "nonzero":
-            return (data > 0).astype(np.uint8)
-        if vol._source.per_slice is not None:  # a folder may mix 1-bit and 8-bit files
-            return np.stack([binarise_labels(vol.raw_slice(z)[b[1], b[2]], vol.path)
-                             for z in range(b[0].start, b[0].stop)]).astype(np.uint8)
-        return binarise_labels(data, vol.path).astype(np.uint8)
+            return (vol[b] > 0).astype(np.uint8)
+        return binarise_region(vol, b).astype(np.uint8)
     return read
 
 

@@ -36,7 +36,7 @@ from ..errors import InputError
 from .augment import apply_seeded, default_transforms, seed_for
 from .normalize import IntensityStats, compute_stats
 from .stats import INDEX_CELL, foreground_index, volume_stats
-from .volumes import Volume, binarise_labels, open_volume
+from .volumes import Volume, binarise_labels, binarise_region, open_volume
 
 
 def _as_3d(arr: np.ndarray) -> np.ndarray:
@@ -159,15 +159,17 @@ class CropDataset(Dataset):
             box = tuple(slice(o, o + c) for o, c in zip(origin, self.crop3))
             boxes.append((origin[0],) + box[1:] if len(self.crop) == 2 else box)
         images = _read_many(image_vol, boxes)
-        labels = _read_many(label_vol, boxes) if label_vol is not None else [None] * len(boxes)
-        out = []
-        for image, raw in zip(images, labels):
-            label = None
-            if raw is not None:
-                label = (raw > 0 if self.label_rule == "nonzero"
-                         else binarise_labels(raw, getattr(label_vol, "path", None)))[None]
-            out.append((image[np.newaxis], label))
-        return out
+        if label_vol is None:
+            labels = [None] * len(boxes)
+        elif self.label_rule == "nonzero":
+            labels = [raw > 0 for raw in _read_many(label_vol, boxes)]
+        elif getattr(getattr(label_vol, "_source", None), "per_slice", None) is not None:
+            labels = [binarise_region(label_vol, box) for box in boxes]  # may mix 1- and 8-bit
+        else:
+            where = getattr(label_vol, "path", None)
+            labels = [binarise_labels(raw, where) for raw in _read_many(label_vol, boxes)]
+        return [(image[np.newaxis], None if label is None else label[None])
+                for image, label in zip(images, labels)]
 
     def __getitem__(self, i) -> dict:
         if isinstance(i, (list, tuple, range, np.ndarray)):

@@ -15,7 +15,7 @@ import numpy as np
 from . import cache
 from .normalize import IntensityStats, compute_stats
 from .ome_zarr import block_shape, iter_blocks
-from .volumes import Volume, binarise_labels, open_volume
+from .volumes import Volume, binarise_region, open_volume
 
 INDEX_CELL = (1, 32, 32)
 DEFAULT_PCT = (0.5, 99.5)   # the clip percentiles of DataConfig and of convert
@@ -69,8 +69,7 @@ def foreground_index(spec, cell: tuple = INDEX_CELL, label_rule: str = "binarise
     unit = tuple(c * k for c, k in zip(cell, (8, 8, 8)))
     block = block_shape(unit, vol.shape, max(vol.dtype.itemsize, 1), budget=64 * 2**20)
     for b in iter_blocks(vol.shape, block):
-        data = vol[b]
-        mask = data > 0 if label_rule == "nonzero" else binarise_labels(data, vol.path)
+        mask = vol[b] > 0 if label_rule == "nonzero" else binarise_region(vol, b)
         pad = [(0, -n % c) for n, c in zip(mask.shape, cell)]
         mask = np.pad(mask, pad)
         g = [n // c for n, c in zip(mask.shape, cell)]

@@ -326,6 +326,20 @@ def binarise_labels(arr: np.ndarray, where: str | None = None) -> np.ndarray:
                      "a binary mask (0/1 or 0/255), or derive one from instance labels (ids > 0).")
 
 
+def binarise_region(vol, box: tuple) -> np.ndarray:
+    """``binarise_labels`` of ``vol[box]`` (``box``: z index or slice, then y and x slices). A
+    folder of slices is binarised slice by slice: one stack may mix 1-bit and 8-bit files, and
+    their values together would make the 1-bit slices' foreground (1) read as background."""
+    stack = getattr(getattr(vol, "_source", None), "per_slice", None)
+    if stack is None:
+        return binarise_labels(np.asarray(vol[box]), getattr(vol, "path", None))
+    z, plane = box[0], tuple(box[1:])
+    if isinstance(z, (int, np.integer)):
+        return binarise_labels(vol.raw_slice(int(z))[plane], vol.path)
+    return np.stack([binarise_labels(vol.raw_slice(k)[plane], vol.path)
+                     for k in range(*z.indices(vol.shape[0]))])
+
+
 def load_labels(spec) -> np.ndarray:
     """A boolean (Z, Y, X) mask; a folder of slices is binarised slice by slice, since one
     stack may mix 1-bit, 0/1 and anti-aliased 8-bit files (the VNC masks do)."""

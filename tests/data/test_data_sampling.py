@@ -94,3 +94,32 @@ def test_bad_crops(converted):
         CropDataset(converted[0], crop=(16, 128, 128))
     with pytest.raises(InputError, match="does not fit"):
         CropDataset(converted[0], crop=(1, 2, 3, 4))
+
+
+def test_slice_masks_mixing_1_bit_and_8_bit_files_keep_every_slice(tmp_path):
+    """The VNC masks mix 1-bit and 0/255 PNGs: read together, a block reaches 255 and the 1-bit
+    slices' foreground (1) would fall below the 8-bit rule's 127. Each slice is binarised on
+    its own in the foreground index and in 2D and 3D crops, as load_labels does."""
+    from PIL import Image
+
+    from masktwins_bio.data.volumes import load_labels
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "masks").mkdir()
+    square = np.zeros((64, 64), bool)
+    square[10:30, 10:30] = True
+    for z in range(4):
+        mask = Image.fromarray(square)          # mode "1": values 0/1
+        if z % 2:
+            mask = Image.fromarray(square.astype(np.uint8) * 255)
+        mask.save(tmp_path / "masks" / f"{z}.png")
+        Image.fromarray(IMG[z, :64, :64]).save(tmp_path / "img" / f"{z}.png")
+    masks = str(tmp_path / "masks")
+    assert load_labels(masks).sum((1, 2)).tolist() == [400] * 4
+    assert foreground_index(masks, recompute=True).sum((1, 2)).tolist() == [400] * 4
+    crops3d = CropDataset(str(tmp_path / "img"), masks, crop=(4, 64, 64), transform=None)
+    assert crops3d[0]["label"][0].sum((1, 2)).tolist() == [400] * 4
+    crops2d = CropDataset(str(tmp_path / "img"), masks, crop=(64, 64), transform=None)
+    for i in range(6):
+        item = crops2d[i]
+        assert item["label"].sum() == 400, item["origin"]
