@@ -104,7 +104,8 @@ def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
             return StreamedDomain(role, image_spec, label_spec if keep_labels else None,
                                   crop, batch, seed,
                                   d.foreground_prob if role == "source" else 0.0,
-                                  None if d.workers < 0 else d.workers), None
+                                  None if d.workers < 0 else d.workers,
+                                  (d.low_pct, d.high_pct)), None
         image, labels = _load_paths(image_spec, label_spec, cfg)
     if role == "source" and labels is None:
         raise InputError(f"The source '{name or image_spec}' has no labels; a source must be "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.sampling import CropDataset, make_loader
+from ..data.stats import DEFAULT_PCT, volume_stats
 from .domains import _spatial_augment
 
 
@@ -18,10 +19,14 @@ class StreamedDomain:
     labels = None  # labels travel with each batch, never as a whole volume
 
     def __init__(self, name: str, image_spec, label_spec, crop: tuple[int, ...], batch: int,
-                 seed: int, foreground_prob: float = 0.0, workers: int | None = None):
+                 seed: int, foreground_prob: float = 0.0, workers: int | None = None,
+                 pct: tuple[float, float] = DEFAULT_PCT):
         self.name, self.batch_size, self.workers = name, int(batch), workers
+        # the clip percentiles of the run (data.low_pct/high_pct), as in-memory domains and
+        # predict use them: a streamed volume is normalised as it will be predicted
+        stats = volume_stats(image_spec, low_pct=pct[0], high_pct=pct[1])
         self.dataset = CropDataset(image_spec, label_spec, crop=crop, length=2**62, seed=seed,
-                                   foreground_prob=foreground_prob, normalise=True,
+                                   foreground_prob=foreground_prob, normalise=stats,
                                    transform=None)
         self.stats = self.dataset.stats
         self.has_labels = label_spec is not None

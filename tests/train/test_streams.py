@@ -37,3 +37,19 @@ def test_streamed_resume_equals_uninterrupted(tmp_path, tiny_data, tiny_settings
     a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_streamed_domain_normalises_with_the_run_percentiles(tiny_data):
+    """A streamed volume is normalised as predict (and an in-memory domain) will normalise it:
+    with data.low_pct / data.high_pct, not the default clip range."""
+    from masktwins_bio.data.stats import volume_stats
+    from masktwins_bio.train.domains import Domain
+    from masktwins_bio.data.volumes import load_image
+
+    image = tiny_data["source2d"][0]
+    streamed = StreamedDomain("source", image, None, (32, 32), 1, seed=5, workers=0,
+                              pct=(5.0, 95.0))
+    assert streamed.stats == volume_stats(image, low_pct=5.0, high_pct=95.0)
+    assert streamed.stats != volume_stats(image)
+    in_memory = Domain.from_arrays("source", load_image(image), None, 5.0, 95.0)
+    assert abs(streamed.stats.high - in_memory.stats.high) < 1e-6 * max(1, streamed.stats.high)
