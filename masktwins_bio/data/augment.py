@@ -16,8 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def default_transforms(ndim: int, keys=("image", "label"), elastic: bool = False):
-    """A MONAI Compose for channel-first 2D (ndim=2) or 3D (ndim=3) dict samples."""
+def default_transforms(ndim: int, keys=("image", "label"), elastic: bool = False,
+                       square: bool = True):
+    """A MONAI Compose for channel-first 2D (ndim=2) or 3D (ndim=3) dict samples; ``square``
+    tells whether the crops' y and x sides are equal (otherwise no 90° turns, which would
+    swap them: the flips of both axes still give the 180° turn)."""
     from monai.transforms import (Compose, Rand2DElasticd, Rand3DElasticd, RandFlipd,
                                   RandGaussianNoised, RandGaussianSmoothd, RandRotate90d,
                                   RandScaleIntensityd, RandShiftIntensityd)
@@ -26,8 +29,9 @@ def default_transforms(ndim: int, keys=("image", "label"), elastic: bool = False
     plane = (0, 1) if ndim == 2 else (1, 2)
     ts = [RandFlipd(keys, prob=0.5, spatial_axis=a, allow_missing_keys=True)
           for a in range(ndim)]
-    ts.append(RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=plane,
-                            allow_missing_keys=True))
+    if square:
+        ts.append(RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=plane,
+                                allow_missing_keys=True))
     if elastic:
         modes = ["bilinear" if k == "image" else "nearest" for k in keys]
         if ndim == 2:

@@ -75,7 +75,8 @@ class CropDataset(Dataset):
         self._fg_cells = None
         if foreground_prob > 0 and self._label_src is not None:
             self._fg_cells = self._foreground_cells()
-        self.transform = (default_transforms(len(self.crop), self._keys())
+        square = self.crop[-1] == self.crop[-2]
+        self.transform = (default_transforms(len(self.crop), self._keys(), square=square)
                           if transform == "default" else transform)
         self._pid, self._vols = None, None
 

@@ -123,3 +123,14 @@ def test_slice_masks_mixing_1_bit_and_8_bit_files_keep_every_slice(tmp_path):
     for i in range(6):
         item = crops2d[i]
         assert item["label"].sum() == 400, item["origin"]
+
+
+@pytest.mark.parametrize("crop", [(32, 48), (4, 24, 40)])
+def test_default_augmentation_keeps_non_square_crops_batchable(converted, crop):
+    """A 90° turn would swap y and x of a non-square crop: items of one dataset must keep one
+    shape to be batched."""
+    image, labels = converted
+    ds = CropDataset(image, labels, crop=crop, seed=1)
+    shapes = {tuple(ds[i]["image"].shape) for i in range(16)}
+    assert shapes == {(1, *crop)}
+    assert ds.batch(range(8))["image"].shape == (8, 1, *crop)
