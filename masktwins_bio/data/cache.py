@@ -3,7 +3,9 @@
 ``<data>.masktwins-<kind>-<tag>.<ext>`` sits beside the file or folder (so it moves with it); when
 that folder is read-only it goes to the user cache (``$MASKTWINS_CACHE`` or the platform cache
 dir). Each file records a fingerprint of the data (size and modification time of the path and its
-metadata file), so editing the data invalidates it. Writes are atomic (temp file + rename).
+metadata files, and for a folder the count, total size and newest modification time of the files
+under it: rewriting zarr chunks or slice files in place touches neither the folder nor its
+metadata), so editing the data invalidates it. Writes are atomic (temp file + rename).
 """
 from __future__ import annotations
 
@@ -24,7 +26,28 @@ def fingerprint(path: Path) -> list:
         if p.exists():
             st = p.stat()
             parts.append([p.name, st.st_size, st.st_mtime_ns])
+    if path.is_dir():
+        parts.append(["files", *_tree_summary(path)])
     return parts
+
+
+def _tree_summary(folder: Path) -> list[int]:
+    """[count, total bytes, newest mtime_ns] of the files under ``folder`` (one stat each: a
+    few ms for thousands of chunk or slice files)."""
+    count = size = newest = 0
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                    continue
+                try:
+                    st = entry.stat()
+                except OSError:  # a file removed while we walk
+                    continue
+                count, size, newest = count + 1, size + st.st_size, max(newest, st.st_mtime_ns)
+    return [count, size, newest]
 
 
 def user_cache_dir() -> Path:

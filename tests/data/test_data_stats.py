@@ -40,3 +40,27 @@ def test_read_only_data_caches_in_the_user_cache(tmp_path, monkeypatch):
     assert counts.shape == (4, 2, 2) and counts.sum() == (np.arange(4 * 64 * 64) % 7 == 0).sum()
     if os.geteuid() != 0:  # root ignores the read-only bit
         assert list(cache.glob("*.npz"))
+
+
+def test_folders_rewritten_in_place_invalidate_their_caches(tmp_path):
+    """Rewriting zarr chunks or slice files in place changes neither the folder's own mtime
+    nor its metadata file: the fingerprint also covers the files under the folder."""
+    import zarr
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    store = tmp_path / "vol.zarr"
+    arr = zarr.create_array(str(store), shape=(4, 64, 64), chunks=(2, 32, 32), dtype="float32")
+    arr[:] = rng.normal(size=(4, 64, 64)).astype(np.float32)
+    before = volume_stats(store)
+    arr[:] = (10 + 5 * rng.normal(size=(4, 64, 64))).astype(np.float32)  # same chunk files
+    assert volume_stats(store).mean > before.mean + 5
+
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    for z in range(3):
+        Image.fromarray(rng.integers(0, 100, (32, 32), dtype=np.uint8)).save(slices / f"{z}.png")
+    before = volume_stats(slices)
+    for z in range(3):
+        Image.fromarray(rng.integers(100, 250, (32, 32), dtype=np.uint8)).save(slices / f"{z}.png")
+    assert volume_stats(slices).mean > before.mean + 50
