@@ -15,7 +15,7 @@ from ..data.normalize import IntensityStats, compute_stats
 from ..errors import InputError
 
 # Separate random streams for the two domains and for what the trainer draws itself.
-STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN = 1, 2, 3
+STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN, STREAM_GLOBAL = 1, 2, 3, 4
 
 
 def iteration_rng(seed: int, iteration: int, stream: int) -> np.random.Generator:

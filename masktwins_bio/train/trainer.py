@@ -2,7 +2,7 @@
 checkpoints, resume, validation and logging.
 
 Determinism: every random number of iteration t (crops, flips, photometric augmentation,
-masks) comes from generators seeded by (seed, t), and the checkpoint holds model, teacher,
+masks, dropout) comes from generators seeded by (seed, t), and the checkpoint holds model, teacher,
 optimiser, scheduler and scaler states. A run resumed from any checkpoint therefore ends with the
 same weights as an uninterrupted run on the same machine.
 """
@@ -23,8 +23,8 @@ from .augment import photometric
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .device import autocast, autocast_dtype, select_device, to_device
 from .distributed import SINGLE, DistContext, average_gradients, barrier
-from .domains import (STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN, Domain, draw_batch,
-                      iteration_rng)
+from .domains import (STREAM_GLOBAL, STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN, Domain,
+                      draw_batch, iteration_rng)
 from .ema import ema_update, make_teacher
 from .methods import USES_TEACHER, uda_step
 from .multiclass import make_seg_loss
@@ -148,6 +148,9 @@ class Trainer:
         src_x, src_y, tgt = self._batches(it) if batches is None else batches
         seed = int(self._rng(it, STREAM_TRAIN).integers(0, 2**62))
         gen = torch.Generator().manual_seed(seed)
+        # Layers that draw from torch's global generator (dropout) draw from (seed, t) too, so
+        # a resumed run draws what the uninterrupted one did.
+        torch.manual_seed(int(self._rng(it, STREAM_GLOBAL).integers(0, 2**62)))
         src_x, src_y = to_device(src_x, self.device), to_device(src_y, self.device)
         src_x = photometric(src_x, cfg.augment, gen)
         tgt_weak = tgt_strong = None

@@ -57,6 +57,19 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_domains, tiny_settings, meth
     _assert_same(_weights(full), _weights(part))
 
 
+def test_resume_with_dropout_equals_uninterrupted(tmp_path, tiny_domains, tiny_settings):
+    """Dropout draws from torch's global generator, which the trainer seeds from (seed, t)."""
+    settings = {**tiny_settings, "model": {**tiny_settings.get("model", {}), "dropout": 0.2}}
+    full, part = tmp_path / "full", tmp_path / "part"
+    _trainer(full, "masktwins", tiny_domains, settings).fit()
+    _trainer(part, "masktwins", tiny_domains, settings).fit(stop_at=2)
+    torch.rand(7)   # whatever else the process draws in between changes nothing
+    resumed = _trainer(part, "masktwins", tiny_domains, settings)
+    resumed.resume()
+    resumed.fit()
+    _assert_same(_weights(full), _weights(part))
+
+
 def test_resume_after_kill_mid_run(tmp_path, train_args):
     # All three runs are separate processes, so each starts with the same torch thread count
     # (earlier tests in this process may have changed it, and float sums depend on it).
