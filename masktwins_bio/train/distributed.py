@@ -4,8 +4,11 @@ Each rank draws its own crops (its rank joins the seed), computes the loss of it
 batch and averages gradients with the others after the backward pass. Terms that do not
 decompose over samples are made global: the batch Dice uses sums over all ranks, and the
 pseudo-label weight is the confident fraction over all ranks' voxels. So one step of W ranks
-with batch b equals one step of one process with batch W*b. Student weights stay identical on
-every rank, hence so does the EMA teacher; only rank 0 writes checkpoints and logs.
+with batch b equals one step of one process with batch W*b (with instance norm, the default;
+batch norm normalises each rank's share on its own, as DDP without SyncBatchNorm does). Student
+weights stay identical on every rank, and batch-norm running statistics are averaged over the
+ranks after each step, hence the EMA teacher (which predicts from those statistics) stays
+identical too; only rank 0 writes checkpoints and logs.
 
 We average gradients explicitly instead of wrapping the student in DistributedDataParallel,
 because one MaskTwins step runs the student several times (source, twins) before one backward,
@@ -81,6 +84,25 @@ def average_gradients(params, ctx: DistContext) -> None:
     for g in grads:
         n = g.numel()
         g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+
+
+def average_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Replace each floating-point buffer (batch-norm running mean and variance) by its mean
+    over ranks: each rank updates them from its own crops, and a teacher or checkpoint that
+    differed between ranks would give each rank other pseudo-labels."""
+    if not ctx.enabled:
+        return
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for b in buffers:
+        n = b.numel()
+        b.copy_(flat[offset:offset + n].view_as(b))
         offset += n
 
 

@@ -22,7 +22,7 @@ from ..models import build_model, load_encoder_weights
 from .augment import photometric
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .device import autocast, autocast_dtype, select_device, to_device
-from .distributed import SINGLE, DistContext, average_gradients, barrier
+from .distributed import SINGLE, DistContext, average_buffers, average_gradients, barrier
 from .domains import (STREAM_GLOBAL, STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN, Domain,
                       draw_batch, iteration_rng)
 from .ema import ema_update, make_teacher
@@ -168,6 +168,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        average_buffers(self.student, self.ctx)
         if self.teacher is not None:
             ema_update(self.teacher, self.student, it, cfg.uda.ema)
         out.terms["lr"] = self.optimizer.param_groups[0]["lr"]

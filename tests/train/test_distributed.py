@@ -60,6 +60,46 @@ def _rank_main(rank, port, settings, method, out_dir):
         torch.distributed.destroy_process_group()
 
 
+def _rank_states(rank, port, settings, out_dir):
+    """Two steps of MaskTwins with batch norm, each rank on its own crops; saves its states."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    ctx = from_environment("cpu")
+    settings = {**settings, "model": {**settings.get("model", {}), "norm": "batch"}}
+    cfg, source, target, (src_x, src_y, tgt) = _setup(settings, "masktwins")
+    trainer = Trainer(cfg, source, target, out_dir, progress=False, ctx=ctx)
+    for it in range(2):
+        first = 2 * rank if it == 0 else 2 * (1 - rank)   # the ranks swap crops
+        share = slice(first, first + 2)
+        trainer.step(it, batches=(src_x[share], src_y[share], tgt[share]))
+    torch.save({"student": trainer.student.state_dict(), "teacher": trainer.teacher.state_dict()},
+               os.path.join(out_dir, f"states{rank}.pt"))
+    torch.distributed.barrier()
+    done = os.path.join(out_dir, "rank1.done")
+    if rank == 1:
+        torch.distributed.destroy_process_group()
+        open(done, "w").close()
+    else:
+        deadline = time.time() + 60
+        while not os.path.exists(done) and time.time() < deadline:
+            time.sleep(0.05)
+        torch.distributed.destroy_process_group()
+
+
+def test_batch_norm_statistics_stay_identical_across_ranks(tmp_path, tiny_settings):
+    """Each rank's batch norm sees other crops; the running statistics are averaged after every
+    step, so the student, the EMA teacher (which predicts from them) and rank 0's checkpoint
+    are the same on every rank."""
+    mp.spawn(_rank_states, args=(_free_port(), tiny_settings, str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"states{r}.pt", weights_only=True) for r in (0, 1))
+    stats = [k for k in a["student"] if k.endswith("running_mean")]
+    assert stats, "the network has no batch norm"
+    for net in ("student", "teacher"):
+        for key, value in a[net].items():
+            assert torch.equal(value, b[net][key]), f"{net}.{key} differs between ranks"
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
