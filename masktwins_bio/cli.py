@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from .errors import MaskTwinsError
+from .train.launch import rank_error_file
 
 # Verb modules under masktwins_bio.commands, in the order `--help` lists them.
 VERBS = ["demo", "train", "predict", "evaluate", "segment", "convert", "datasets", "download"]
@@ -55,17 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         argv = [a for a in argv if a != "--debug"]
     args = parser.parse_args(argv)
-    args.argv = argv  # verbs that re-launch themselves (train --gpus) need the command line
+    # verbs that re-launch themselves (train --gpus) need the command line
+    args.argv = argv + (["--debug"] if debug else [])
+    report = rank_error_file()   # a rank of `train --gpus N`: its launcher speaks for it
     try:
         return int(args.func(args) or 0)
     except MaskTwinsError as err:
         if debug:
             raise
-        print(f"masktwins-bio: error: {sentence(err)}", file=sys.stderr)
+        if report is not None:
+            report.write_text(sentence(err))
+        else:
+            print(f"masktwins-bio: error: {sentence(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("masktwins-bio: interrupted; train, predict and convert continue where they "
-              "stopped with --resume.", file=sys.stderr)
+        if report is None:
+            print("masktwins-bio: interrupted; train, predict and convert continue where they "
+                  "stopped with --resume.", file=sys.stderr)
         return 130
 
 

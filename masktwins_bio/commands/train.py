@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--gpus", type=int, default=0,
-                   help="data-parallel processes (one per GPU) started through torchrun")
+                   help="data-parallel processes on this node, one per GPU (as torchrun "
+                        "--nproc-per-node N starts them)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=run)
 
@@ -300,28 +301,16 @@ def _given(full: str, layers: list[dict]) -> bool:
     return False
 
 
-def _launch_torchrun(args) -> int:
-    """Re-run this command under torchrun with ``--gpus`` processes."""
-    import os
-    import subprocess
-    import sys
-
-    argv = list(args.argv)
-    i = argv.index("--gpus")
-    del argv[i:i + 2]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={args.gpus}", "-m", "masktwins_bio", *argv]
-    return subprocess.call(cmd, env=os.environ.copy())
-
-
 def run(args: argparse.Namespace) -> int:
     import os
 
     from ..train.distributed import barrier, from_environment
 
+    cfg = _resolve_config(args)   # a config mistake is said once, before any rank starts
     if args.gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return _launch_torchrun(args)
-    cfg = _resolve_config(args)
+        from ..train.launch import launch
+
+        return launch(args.argv, args.gpus)   # the ranks see WORLD_SIZE and do not relaunch
     ctx = from_environment(cfg.device)
     out = Path(args.out)
     new_dir = not out.exists()

@@ -120,8 +120,9 @@ def test_two_ranks_equal_one_process_with_double_batch(tmp_path, tiny_settings, 
                                    msg=lambda m: f"{name}: {m}")
 
 
-def test_cli_gpus_flag_runs_torchrun_with_gloo_and_resumes(tmp_path, train_args):
-    """`train --gpus 2` on CPU: two gloo ranks, one run directory written by rank 0, resumable."""
+def test_cli_gpus_flag_runs_two_gloo_ranks_and_resumes(tmp_path, train_args):
+    """`train --gpus 2` on CPU: two gloo ranks, one run directory written by rank 0, resumable;
+    `--gpus=2` is the same flag."""
     import subprocess
     import sys
 
@@ -129,12 +130,38 @@ def test_cli_gpus_flag_runs_torchrun_with_gloo_and_resumes(tmp_path, train_args)
 
     run = tmp_path / "ddp"
     base = train_args(run, "masktwins")
-    cmd = [sys.executable, "-m", "masktwins_bio", *base, "--gpus", "2"]
-    first = subprocess.run(cmd + ["--iters", "2"], capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "masktwins_bio", *base]
+    first = subprocess.run(cmd + ["--gpus=2", "--iters", "2"], capture_output=True, text=True,
+                           timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
-    again = subprocess.run(cmd + ["--iters", "3", "--resume"], capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(cmd + ["--gpus", "2", "--iters", "3", "--resume"],
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 3
     assert not list(run.glob("**/*.tmp"))
+
+
+@pytest.mark.parametrize("mistake, match", [
+    (["mask.ratio=2"], "mask.ratio=2"),                       # caught before the ranks start
+    (["--target-image", "/no/such/volume.tif"], "/no/such/volume.tif"),   # in every rank
+])
+def test_cli_gpus_user_errors_are_one_sentence(tmp_path, train_args, mistake, match):
+    """A mistake under `--gpus 2` is said once, exit status 2, no traceback; nothing is left."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    args = train_args(run, "masktwins")
+    if mistake[0] == "--target-image":
+        i = args.index("--target-image")
+        args = args[:i] + mistake + args[i + 2:]
+    else:
+        args = args + mistake
+    done = subprocess.run([sys.executable, "-m", "masktwins_bio", *args, "--gpus", "2"],
+                          capture_output=True, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("masktwins-bio: error: "), lines
+    assert match in lines[0]
+    assert not run.exists()
