@@ -303,6 +303,10 @@ def validate(cfg: RunConfig) -> None:
            "between 0 and 1.")
     _check(cfg.mask.block is None or all(isinstance(b, int) and b >= 1 for b in cfg.mask.block),
            f"mask.block={cfg.mask.block} must be whole numbers of at least 1 voxel.")
+    _check(cfg.data.crop is None or (isinstance(cfg.data.crop, (list, tuple))
+                                     and all(_whole(c) for c in cfg.data.crop)),
+           f"data.crop={cfg.data.crop} must be a list of whole numbers of voxels, e.g. "
+           "[256, 256].")
     cfg.block  # raises on a wrong number of entries
     _check(len(cfg.crop) == cfg.dims and all(int(c) >= 8 for c in cfg.crop),
            f"data.crop={list(cfg.crop)} must give {cfg.dims} sizes of at least 8 voxels.")
@@ -328,6 +332,11 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.uda.eval_model in ("teacher", "student"),
            f"uda.eval_model={cfg.uda.eval_model!r} is unknown; use teacher or student.")
     _check(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be positive.")
+    _check(cfg.optim.power >= 0, f"optim.power={cfg.optim.power} must not be negative.")
+    _check(cfg.optim.weight_decay >= 0,
+           f"optim.weight_decay={cfg.optim.weight_decay} must not be negative.")
+    _check(_whole(cfg.seed) and cfg.seed >= 0, f"seed={cfg.seed} must be a whole number of 0 "
+           "or more.")
     _check(cfg.optim.schedule in ("poly", "cosine", "constant"),
            f"optim.schedule={cfg.optim.schedule!r} is unknown; use poly, cosine or constant.")
     _check(cfg.model.name in MODELS,
@@ -336,7 +345,11 @@ def validate(cfg: RunConfig) -> None:
            "model.channels must have one entry more than model.strides.")
     for key in ("brightness", "contrast", "noise", "blur_prob", "blur_sigma"):
         _check(getattr(cfg.augment, key) >= 0, f"augment.{key} must not be negative.")
+    _check(round(2.5 * cfg.augment.blur_sigma) < min(cfg.crop[-2:]),
+           f"augment.blur_sigma={cfg.augment.blur_sigma} blurs wider than the crop "
+           f"{list(cfg.crop)}; use a sigma below {min(cfg.crop[-2:]) / 2.5:g}.")
     _validate_natural(cfg)
+    _validate_model(cfg)
 
 
 def _pair(value, key: str, allow_none: bool = False) -> None:
@@ -346,6 +359,57 @@ def _pair(value, key: str, allow_none: bool = False) -> None:
         isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value),
         f"{key}={value} must be two whole numbers of at least 1" +
         (" (or null)." if allow_none else "."))
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+NORMS = ("instance", "batch")
+
+
+def _validate_model(cfg: RunConfig) -> None:
+    """The network's keys, and that every crop fits its downsampling (a size that is not a
+    multiple of the strides' product fails deep inside the network otherwise)."""
+    m = cfg.model
+    _check(isinstance(m.channels, list) and len(m.channels) >= 2
+           and all(_whole(c) and c >= 1 for c in m.channels),
+           f"model.channels={m.channels} must be a list of at least 2 whole numbers >= 1.")
+    for s in m.strides if isinstance(m.strides, list) else [None]:
+        entries = s if isinstance(s, list) else [s]
+        _check(isinstance(m.strides, list) and all(_whole(e) and e >= 1 for e in entries)
+               and (not isinstance(s, list) or len(s) == cfg.dims),
+               f"model.strides={m.strides} must list whole numbers >= 1, or lists of "
+               f"{cfg.dims} of them (one per axis).")
+    _check(m.norm in NORMS, f"model.norm={m.norm!r} is not supported; use "
+           f"{' or '.join(NORMS)}.")
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must lie in [0, 1).")
+    if cfg.data.kind == "em":
+        _check(m.num_classes == 1, f"model.num_classes={m.num_classes} needs data.kind=natural; "
+               "EM runs segment one foreground class (model.num_classes=1).")
+        _check(m.in_channels in (0, 1), f"model.in_channels={m.in_channels} does not fit EM "
+               "volumes, which have one channel; use 0 (from the data) or 1.")
+    if m.name not in MODELS or len(m.channels) != len(m.strides) + 1:
+        return  # said by the checks that follow
+    step = divisor(m, cfg.dims)
+    for name, crop in (("data.crop", cfg.crop), ("the teacher's target crop", cfg.target_crop)):
+        _check(all(c % d == 0 for c, d in zip(crop, step)),
+               f"{name} {list(crop)} must be a multiple of {list(step)} on each axis (the "
+               "network's downsampling); change data.crop"
+               + (" or uda.teacher_context." if name != "data.crop" else "."))
+
+
+def divisor(cfg: ModelConfig, dims: int) -> tuple[int, ...]:
+    """Per-axis factor every input size must be a multiple of."""
+    if cfg.name == "basicunet":
+        return (16,) * dims
+    if cfg.name == "flexibleunet":
+        return (32,) * dims
+    out = [1] * dims
+    for s in cfg.strides:
+        per_axis = list(s) if isinstance(s, (list, tuple)) else [int(s)] * dims
+        out = [o * int(p) for o, p in zip(out, per_axis)]
+    return tuple(out)
 
 
 def _validate_natural(cfg: RunConfig) -> None:

@@ -90,16 +90,3 @@ def load_encoder_weights(model: nn.Module, path: str) -> tuple[int, int]:
                           "(model.backbone).")
     encoder.load_state_dict(matched, strict=False)
     return len(matched), len(own)
-
-
-def divisor(cfg: ModelConfig, dims: int) -> tuple[int, ...]:
-    """Per-axis factor every input size must be a multiple of."""
-    if cfg.name == "basicunet":
-        return (16,) * dims
-    if cfg.name == "flexibleunet":
-        return (32,) * dims
-    out = [1] * dims
-    for s in cfg.strides:
-        per_axis = list(s) if isinstance(s, (list, tuple)) else [int(s)] * dims
-        out = [o * int(p) for o, p in zip(out, per_axis)]
-    return tuple(out)

@@ -58,6 +58,22 @@ def test_unknown_key_lists_valid_keys():
     ("optim.lr=-1", "optim.lr"),
     ("iters=abc", "not a valid int"),
     ("mask.block=[1,2,3,4]", "has 4 entries"),
+    # each of these used to pass and then fail deep inside torch or MONAI with a traceback
+    ("data.crop=[36,36]", r"data.crop \[36, 36\] must be a multiple of \[8, 8\]"),
+    ("uda.teacher_context=3", r"target crop \[262, 262\] must be a multiple of \[8, 8\]"),
+    ("optim.power=-1", "optim.power=-1.0 must not be negative"),
+    ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must not be negative"),
+    ("model.dropout=1.5", r"model.dropout=1.5 must lie in \[0, 1\)"),
+    ("model.norm=foo", "model.norm='foo' is not supported"),
+    ("model.strides=[[1,2,2],[1,2,2],[1,2,2]]", "lists of 2 of them"),
+    ("model.channels=[4,8,16,0]", "whole numbers >= 1"),
+    ("model.in_channels=3", "does not fit EM volumes"),
+    ("model.num_classes=2", "needs data.kind=natural"),
+    ("data.crop=[a,b]", "must be a list of whole numbers of voxels"),
+    ("data.crop=32", "data.crop=32 is not a valid list"),
+    ("model.channels=[a,b,c,d]", "whole numbers >= 1"),
+    ("seed=-5", "seed=-5 must be a whole number of 0 or more"),
+    ("augment.blur_sigma=200", "blurs wider than the crop"),
 ])
 def test_out_of_range_values_are_rejected(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -44,7 +44,8 @@ def test_pseudo_labels_are_argmax_weighted_by_confident_fraction():
 
 def test_loss_choice_follows_num_classes():
     assert isinstance(make_seg_loss(build_config()), SegmentationLoss)
-    cfg = build_config({"model": {"num_classes": 19}, "natural": {"dice_weight": 0.5}})
+    cfg = build_config({"model": {"num_classes": 19}, "data": {"kind": "natural"},
+                        "natural": {"dice_weight": 0.5}})
     loss = make_seg_loss(cfg)
     assert isinstance(loss, MultiClassLoss) and loss.ignore_index == 255
     assert loss.dice_weight == 0.5

@@ -54,7 +54,7 @@ def test_confident_only_ignores_unsure_pixels_for_multiclass_too():
     from masktwins_bio.train.multiclass import MultiClassLoss
 
     cfg = build_config({"method": "mean-teacher", "model": {"num_classes": 3},
-                        "uda": {"confident_only": True}})
+                        "data": {"kind": "natural"}, "uda": {"confident_only": True}})
     torch.manual_seed(0)
     student = torch.nn.Conv2d(1, 3, 1)
     src_x, src_y = torch.randn(1, 1, 8, 8), torch.randint(0, 3, (1, 1, 8, 8))
@@ -156,17 +156,17 @@ def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
 def test_teacher_context_gives_the_teacher_the_wide_crop_and_the_student_its_middle(
         recorder):
     torch.manual_seed(0)
-    cfg = build_config({"method": "masktwins", "uda": {"teacher_context": 3},
+    cfg = build_config({"method": "masktwins", "uda": {"teacher_context": 4},
                         "mask": {"ratio": 1e-6}})
     src_x, src_y = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
-    tgt = torch.randn(2, 1, 14, 14)
+    tgt = torch.randn(2, 1, 16, 16)
     student, teacher = recorder(), recorder()
     out = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y, tgt, tgt + 1,
                    torch.Generator().manual_seed(0), adapt=True, keep_views=True)
     assert torch.equal(teacher.seen, tgt)                          # the whole wide crop
     assert student.seen.shape == (4, 1, 8, 8)                      # the twins, inner 8 x 8
-    assert torch.equal(student.seen[:2], tgt[..., 3:-3, 3:-3] + 1)  # masks hide nothing here
+    assert torch.equal(student.seen[:2], tgt[..., 4:-4, 4:-4] + 1)  # masks hide nothing here
     with torch.no_grad():
-        assert torch.allclose(out.views["teacher"], torch.sigmoid(teacher(tgt))[..., 3:-3, 3:-3])
-    assert cfg.target_crop == (262, 262) and build_config({}).target_crop == (256, 256)
+        assert torch.allclose(out.views["teacher"], torch.sigmoid(teacher(tgt))[..., 4:-4, 4:-4])
+    assert cfg.target_crop == (264, 264) and build_config({}).target_crop == (256, 256)
     assert build_config({"dims": 3, "uda": {"teacher_context": 4}}).target_crop == (16, 136, 136)
