@@ -64,6 +64,13 @@ def global_sum(local: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return local + (total - local.detach())
 
 
+def scale_gradient(value: torch.Tensor, factor: float) -> torch.Tensor:
+    """``value`` as it is, with its gradient multiplied by ``factor``: a global term (the same
+    on every rank) must survive the gradient average, and its logged value must stay the one a
+    single process logs."""
+    return value + (factor - 1) * (value - value.detach())
+
+
 def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if not ctx.enabled:
         return value

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .distributed import SINGLE, DistContext, global_sum, mean_over_ranks
+from .distributed import SINGLE, DistContext, global_sum, mean_over_ranks, scale_gradient
 
 SMOOTH = 1e-5
 
@@ -48,9 +48,11 @@ class SegmentationLoss(torch.nn.Module):
         dice = 1.0 - (2.0 * inter + SMOOTH) / (denom + SMOOTH)
         if not self.ctx.enabled:
             return bce + dice
-        # A global value's gradient reaches only this rank's voxels: scale it by the world size
-        # so that it survives the gradient average (the unmasked BCE is a per-rank mean).
-        return (bce if mask is None else bce * self.ctx.world_size) + dice * self.ctx.world_size
+        # A global value's gradient reaches only this rank's voxels: scale its gradient by the
+        # world size so that it survives the gradient average (the unmasked BCE is a per-rank
+        # mean); the value stays what one process with the whole batch computes.
+        w = self.ctx.world_size
+        return (bce if mask is None else scale_gradient(bce, w)) + scale_gradient(dice, w)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunConfig
-from .distributed import SINGLE, DistContext, global_sum, mean_over_ranks
+from .distributed import SINGLE, DistContext, global_sum, mean_over_ranks, scale_gradient
 from .losses import SMOOTH, SegmentationLoss
 
 
@@ -42,10 +42,14 @@ class MultiClassLoss(torch.nn.Module):
         ce_sum = F.cross_entropy(logits, labels, ignore_index=self.ignore_index,
                                  reduction="sum")
         count = global_sum(valid.sum().float(), self.ctx).detach().clamp_min(1.0)
-        loss = ce_sum / count
-        if self.dice_weight > 0:
-            loss = loss + self.dice_weight * self._dice(logits, labels, valid)
-        return loss * self.ctx.world_size if self.ctx.enabled else loss
+        # This rank's share of the global mean, times the world size: the gradient survives the
+        # average over ranks, and the value is this rank's own mean when ranks hold as many
+        # valid pixels.
+        loss = ce_sum / count * self.ctx.world_size
+        if self.dice_weight > 0:   # a global value: only its gradient is scaled
+            dice = self._dice(logits, labels, valid)
+            loss = loss + self.dice_weight * scale_gradient(dice, self.ctx.world_size)
+        return loss
 
     def _dice(self, logits, labels, valid) -> torch.Tensor:
         """1 - mean over classes of the batch-pooled soft Dice, on valid pixels only."""

@@ -44,7 +44,8 @@ def _rank_main(rank, port, settings, method, out_dir):
     cfg, source, target, (src_x, src_y, tgt) = _setup(settings, method)
     share = slice(2 * rank, 2 * rank + 2)
     trainer = Trainer(cfg, source, target, out_dir, progress=False, ctx=ctx)
-    trainer.step(0, batches=(src_x[share], src_y[share], tgt[share]))
+    out = trainer.step(0, batches=(src_x[share], src_y[share], tgt[share]))
+    torch.save(float(out.loss), os.path.join(out_dir, f"loss{rank}.pt"))
     if rank == 0:
         torch.save(_grads(trainer), os.path.join(out_dir, "grads.pt"))
     torch.distributed.barrier()
@@ -113,11 +114,14 @@ def test_two_ranks_equal_one_process_with_double_batch(tmp_path, tiny_settings, 
 
     cfg, source, target, batches = _setup(tiny_settings, method)
     single = Trainer(cfg, source, target, tmp_path / "single", progress=False, ctx=SINGLE)
-    single.step(0, batches=batches)
+    single_out = single.step(0, batches=batches)
     expected = _grads(single)
     for name, grad in expected.items():
         torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-6,
                                    msg=lambda m: f"{name}: {m}")
+    # the logged loss: global terms as one process has them, per-rank means averaging to it
+    losses = [torch.load(tmp_path / f"loss{r}.pt") for r in (0, 1)]
+    assert abs(sum(losses) / 2 - float(single_out.loss)) < 1e-4 * abs(float(single_out.loss))
 
 
 def test_cli_gpus_flag_runs_two_gloo_ranks_and_resumes(tmp_path, train_args):
