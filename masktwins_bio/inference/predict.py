@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.partial import describe_inputs
 from ..errors import CheckpointError, InputError
 from .allocator import limit_arenas
 from .engine import pending_works, run_tiles
@@ -106,10 +107,15 @@ class PredictJob:
     options: PredictOptions = field(default_factory=PredictOptions)
 
 
-def _fingerprint(job: PredictJob, shape, iteration: int, checkpoint_sha256: str) -> dict:
+def _fingerprint(job: PredictJob, shape, iteration: int, checkpoint_sha256: str,
+                 device: str) -> dict:
     o = job.options
     plan = job.plan.to_dict()
+    # The input's files (size, mtime) and the device type: a block computed from other data,
+    # or on a GPU under autocast instead of the CPU, would not be the uninterrupted run's.
     return {"input": job.input, "input_shape": list(shape),
+            "input_files": describe_inputs({"input": job.input})["input"]["files"],
+            "device": device,
             "checkpoint": job.checkpoint, "iteration": iteration,
             "checkpoint_sha256": checkpoint_sha256,
             "overlap": plan.pop("overlap"), "block": plan.pop("block"),
@@ -121,7 +127,7 @@ def _fingerprint(job: PredictJob, shape, iteration: int, checkpoint_sha256: str)
 # Fingerprint entries that outputs begun before the entry existed were made with.
 _LEGACY = {"compile": "off"}
 # Entries such outputs cannot tell: a resume of one of them is not refused for lack of them.
-_UNKNOWN_BEFORE = ("checkpoint_sha256",)
+_UNKNOWN_BEFORE = ("checkpoint_sha256", "input_files", "device")
 
 
 def _check_resume(out: Path, run: dict, new: dict) -> None:
@@ -129,6 +135,10 @@ def _check_resume(out: Path, run: dict, new: dict) -> None:
         if key not in run and key in _UNKNOWN_BEFORE:
             continue
         before = run.get(key, _LEGACY.get(key))
+        if before != value and key == "input_files":
+            raise InputError(f"The input '{new['input']}' changed since '{out}' was started "
+                             "(its files differ); resume with the same input or pass "
+                             "--overwrite to start again.")
         if before != value and key == "checkpoint_sha256":
             raise InputError(f"The checkpoint '{new['checkpoint']}' is not the one '{out}' was "
                              "started with (same path, other contents); resume with that "
@@ -258,7 +268,7 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
     job = PredictJob(os.path.abspath(str(input_spec)), str(loaded.path.resolve()), which,
                      OutputSpec(out.resolve(), options.dtype, options.threshold), plan, stats,
                      options)
-    fingerprint = _fingerprint(job, shape, loaded.iteration, sha256_of(loaded.path))
+    fingerprint = _fingerprint(job, shape, loaded.iteration, sha256_of(loaded.path), dev.type)
     if run is not None:
         _check_resume(out, run, fingerprint)
     if mode == "complete":

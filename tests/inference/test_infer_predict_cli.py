@@ -141,6 +141,39 @@ def test_full_disk_stops_with_a_sentence_and_resumes(tmp_path, ckpts, volume, mo
     assert a[:].tobytes() == b[:].tobytes()
 
 
+def test_resume_refuses_a_changed_input_or_another_device(tmp_path, ckpts, volume, monkeypatch,
+                                                          cli_error, capsys):
+    """A resumed run must compute its missing blocks as the stopped run computed the others."""
+    import json
+    import shutil
+
+    from masktwins_bio.inference import ledger
+
+    src = tmp_path / "vol.tif"
+    shutil.copy(volume, src)
+    args = ["--block", "1,16,16", "--batch-size", "3"]
+
+    def stop(self, block, total):
+        raise KeyboardInterrupt
+    out = tmp_path / "stopped.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(ledger.LedgerWriter, "mark", stop)
+        assert _predict(ckpts[2], str(src), out, *args) == 130
+    capsys.readouterr()
+    run_file = ledger.ledger_dir(out) / "run.json"
+    record = json.loads(run_file.read_text())
+    assert record["device"] == "cpu" and record["input_files"]
+    run_file.write_text(json.dumps({**record, "device": "cuda"}))
+    assert _predict(ckpts[2], str(src), out, *args, "--resume") == 2
+    assert "another device ('cuda', now 'cpu')" in cli_error()
+    run_file.write_text(json.dumps(record))
+    os.utime(src, ns=(1, 1))   # the input rewritten since
+    assert _predict(ckpts[2], str(src), out, *args, "--resume") == 2
+    assert cli_error().endswith("changed since '" + str(out) + "' was started (its files "
+                                "differ); resume with the same input or pass --overwrite to "
+                                "start again.")
+
+
 def test_dask_local_cluster_equals_single_process(tmp_path, ckpts, volume):
     pytest.importorskip("distributed")
     args = ["--block", "2,32,48"]
