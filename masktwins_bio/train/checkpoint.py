@@ -23,7 +23,10 @@ FORMAT = "masktwins-bio/1"
 def save_checkpoint(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())   # on disk before it replaces the last good checkpoint (power loss)
     os.replace(tmp, path)
 
 

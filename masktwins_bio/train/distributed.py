@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,14 @@ def from_environment(device: str) -> DistContext:
         return SINGLE
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda and local >= torch.cuda.device_count():
+        raise ConfigError(f"{world} processes were asked for on a node with "
+                          f"{torch.cuda.device_count()} visible GPU(s); use --gpus "
+                          f"{torch.cuda.device_count()} or fewer, or --device cpu.")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # Rank 0 validates and writes checkpoints while the others wait in the next collective:
+        # a long validation must not hit the default timeout (10 minutes for NCCL).
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
     if use_cuda:
         torch.cuda.set_device(local)
     return DistContext(rank, world, local)
