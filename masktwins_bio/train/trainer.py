@@ -99,6 +99,10 @@ class Trainer:
             self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # The learning rate of the next step under this run's schedule: the saved one belongs
+        # to the schedule the run had (a resume may extend --iters; otherwise it is the same).
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * lr_factor(self.cfg, self.scheduler.last_epoch)
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best = dict(state["best"])

@@ -70,6 +70,24 @@ def test_resume_with_dropout_equals_uninterrupted(tmp_path, tiny_domains, tiny_s
     _assert_same(_weights(full), _weights(part))
 
 
+def test_resume_with_more_iterations_follows_the_new_schedule(tmp_path, tiny_domains,
+                                                              tiny_settings):
+    """A finished poly run (learning rate 0) extended from 4 to 8 iterations: its next step
+    uses the rate the 8-iteration schedule gives at step 4, not the finished run's 0."""
+    from masktwins_bio.train.trainer import lr_factor
+
+    run = tmp_path / "run"
+    _trainer(run, "masktwins", tiny_domains, tiny_settings).fit()
+    cfg = build_config(tiny_settings, {"method": "masktwins", "iters": 8,
+                                       "data": {"crop": [32, 32]}})
+    longer = Trainer(cfg, *tiny_domains, run, progress=False)
+    longer.resume()
+    assert longer.optimizer.param_groups[0]["lr"] == cfg.optim.lr * lr_factor(cfg, 4) > 0
+    before = {k: v.clone() for k, v in longer.student.state_dict().items()}
+    longer.step(4)
+    assert any(not torch.equal(before[k], v) for k, v in longer.student.state_dict().items())
+
+
 def test_resume_after_kill_mid_run(tmp_path, train_args):
     # All three runs are separate processes, so each starts with the same torch thread count
     # (earlier tests in this process may have changed it, and float sums depend on it).
