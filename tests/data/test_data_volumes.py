@@ -150,6 +150,10 @@ def test_binarise_rules():
     for bad in (np.array([0, 300]), np.array([-1, 0]), np.array([0.0, 0.5])):
         with pytest.raises(InputError, match="cannot be binarised"):
             binarise_labels(bad)
+    # ids 1..3 (e.g. segment's output): the 8-bit rule (> 127) would make them background
+    for ids in (np.array([0, 1, 2, 3], np.uint32), np.array([0, 5, 127], np.uint8)):
+        with pytest.raises(InputError, match="look like instance ids.*--instances"):
+            binarise_labels(ids)
 
 
 def test_labels_binarised_per_slice(tmp_path):
