@@ -1,6 +1,8 @@
-"""Pieces shared by several verbs: config layering and run-directory safety."""
+"""Pieces shared by several verbs: config layering, run-directory safety, JSON lines."""
 from __future__ import annotations
 
+import json
+import math
 import shutil
 from pathlib import Path
 
@@ -64,3 +66,17 @@ def config_layers(config_file: str | None, flags: dict, overrides: list[str]) ->
     layers.append({k: v for k, v in flags.items() if v is not None})
     layers += [parse_override(o) for o in overrides]
     return layers
+
+
+def json_line(data: dict) -> str:
+    """``--json``'s last line: strict JSON, an undefined metric (NaN: no foreground, no true
+    instance) written as null."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+    return json.dumps(clean(data), allow_nan=False)

@@ -1,7 +1,7 @@
 """``masktwins-bio evaluate``: DA-ISC per-slice metrics and whole-volume IoU/Dice."""
 from __future__ import annotations
 
-import json
+from ._common import json_line
 
 
 def register(sub) -> None:
@@ -10,7 +10,8 @@ def register(sub) -> None:
                                    "protocol), plus whole-volume IoU and Dice.")
     p.add_argument("--prediction", required=True, help="probability volume (e.g. pred.zarr)")
     p.add_argument("--labels", required=True, help="label volume")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="foreground: probability > threshold (default 0.5; not with --instances)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.add_argument("--instances", action="store_true",
                    help="both volumes hold instance labels (e.g. from `segment`): report the "
@@ -21,6 +22,11 @@ def register(sub) -> None:
 def run(args) -> int:
     import sys
 
+    from ..errors import InputError
+
+    if args.instances and args.threshold is not None:
+        raise InputError("--threshold applies to probabilities, but --instances compares "
+                         "instance labels; drop one of them.")
     try:
         return _run_instances(args) if args.instances else _run_probabilities(args)
     except KeyboardInterrupt:  # evaluate writes nothing, so there is nothing to resume
@@ -34,37 +40,43 @@ def _run_probabilities(args) -> int:
     from ..inference.probability import evaluate_source
     from ..metrics import evaluate_volumes
 
-    if not 0.0 < args.threshold < 1.0:
-        raise InputError(f"--threshold {args.threshold} must lie strictly between 0 and 1.")
+    threshold = 0.5 if args.threshold is None else args.threshold
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"--threshold {threshold} must lie strictly between 0 and 1.")
     with open_volume(args.prediction) as vol:
         prob = evaluate_source(vol, args.prediction)
         labels = load_labels(args.labels)
         if tuple(prob.shape) != tuple(labels.shape):
             raise InputError(f"The prediction has shape {tuple(prob.shape)} but the labels have "
                              f"shape {tuple(labels.shape)}; give labels of the same volume.")
-        metrics = evaluate_volumes(prob, labels, args.threshold)
+        metrics = evaluate_volumes(prob, labels, threshold)
     keys = ("map", "f1", "mcc", "iou", "volume_iou", "volume_dice")
     width = max(len(k) for k in keys)
     for key in keys:
         print(f"{key:<{width}}  {100 * metrics[key]:6.2f}")
-    print(f"({metrics['slices']} slices, threshold {args.threshold})")
+    print(f"({metrics['slices']} slices, threshold {threshold})")
     if args.json:
-        print(json.dumps({k: metrics[k] for k in keys}))
+        print(json_line({k: metrics[k] for k in keys}))
     return 0
 
 
 def _run_instances(args) -> int:
     """MitoEM protocol: AP at IoU 0.75 between predicted and ground-truth instances."""
     from ..data.volumes import open_volume
+    from ..errors import InputError
     from ..inference.probability import check_instance_labels
     from ..metrics import instance_ap
 
     with open_volume(args.prediction) as pred, open_volume(args.labels) as gt:
         check_instance_labels(pred, args.prediction)
+        check_instance_labels(gt, args.labels)
+        if tuple(pred.shape) != tuple(gt.shape):
+            raise InputError(f"The prediction has shape {tuple(pred.shape)} but the labels have "
+                             f"shape {tuple(gt.shape)}; give labels of the same volume.")
         result = instance_ap(pred, gt, iou_threshold=0.75)
     print(f"AP-75  {100 * result['ap']:6.2f}  ({result['tp']} TP, {result['fp']} FP, "
           f"{result['fn']} FN; {result['n_pred']} predicted, {result['n_gt']} true instances)")
     if args.json:
-        print(json.dumps({"ap75": result["ap"], **{k: result[k] for k in
-                                                   ("tp", "fp", "fn", "n_pred", "n_gt")}}))
+        print(json_line({"ap75": result["ap"], **{k: result[k] for k in
+                                                  ("tp", "fp", "fn", "n_pred", "n_gt")}}))
     return 0

@@ -7,7 +7,7 @@ labels appear only once complete; a stopped run continues with ``--resume``.
 """
 from __future__ import annotations
 
-import json
+from ._common import json_line
 
 
 def register(sub) -> None:
@@ -18,12 +18,16 @@ def register(sub) -> None:
     p.add_argument("--output", required=True, help="label output (NAME.zarr or NAME.ome.zarr)")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground: p > threshold")
     p.add_argument("--method", choices=("cc", "watershed"), default="cc")
-    p.add_argument("--connectivity", type=int, default=1, choices=(1, 2, 3),
-                   help="neighbours that connect: 1 faces, 2 +edges, 3 +corners (cc)")
-    p.add_argument("--min-size", type=int, default=0, help="drop instances under N voxels (cc)")
-    p.add_argument("--seed-threshold", type=float, default=0.9,
-                   help="watershed seeds: components of p > this")
-    p.add_argument("--halo", type=int, default=16, help="watershed context around a block")
+    # Defaults of the options of one method are filled in by _check_options, so that an
+    # option given to the other method is refused rather than ignored.
+    p.add_argument("--connectivity", type=int, default=None, choices=(1, 2, 3),
+                   help="neighbours that connect: 1 faces, 2 +edges, 3 +corners (cc; default 1)")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="drop instances under N voxels (cc; default 0)")
+    p.add_argument("--seed-threshold", type=float, default=None,
+                   help="watershed seeds: components of p > this (default 0.9)")
+    p.add_argument("--halo", type=int, default=None,
+                   help="watershed context around a block (default 16)")
     p.add_argument("--block", default=None, metavar="Z,Y,X", help="block size (64,256,256)")
     p.add_argument("--labels", default=None,
                    help="ground-truth instance labels: also report MitoEM AP-75")
@@ -59,15 +63,25 @@ def run(args) -> int:
                   "AP-75 was not computed.", file=sys.stderr)
             return 130
     if args.json:
-        print(json.dumps(result))
+        print(json_line(result))
     return 0
 
 
 def _check_options(args):
     """The parsed --block once every value is usable; runs before any file is opened."""
+    from ..errors import InputError
     from ..inference.instances import check_segment_options
     from .predict import _block
 
+    own = {"cc": {"connectivity": 1, "min_size": 0},
+           "watershed": {"seed_threshold": 0.9, "halo": 16}}
+    for method, options in own.items():
+        for name, default in options.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+            elif method != args.method:
+                raise InputError(f"--{name.replace('_', '-')} applies to --method {method}, "
+                                 f"not {args.method}; drop it or use --method {method}.")
     seeds = args.seed_threshold if args.method == "watershed" else None
     check_segment_options(args.threshold, args.connectivity, args.min_size, args.halo, seeds)
     return _block(args.block) if args.block else None
@@ -100,8 +114,10 @@ def _segment(args, out, block) -> dict:
 def _check_label_shape(labels: str, shape) -> None:
     from ..data.volumes import open_volume
     from ..errors import InputError
+    from ..inference.probability import check_instance_labels
 
     with open_volume(labels) as gt:
+        check_instance_labels(gt, labels)   # before the segmentation, not after it
         if tuple(gt.shape) != tuple(shape):
             raise InputError(f"The labels have shape {tuple(gt.shape)} but the volume has "
                              f"{tuple(shape)}; give labels of the same volume.")

@@ -116,7 +116,8 @@ def test_a_bad_block_found_late_removes_the_new_output_and_keeps_the_old(tmp_pat
     p[2:4, 20:40, 0:20] = 7.0                 # one block of 2,20,20, not the first one
     bad = _array(tmp_path / "bad.zarr", p)
     keep = tmp_path / "keep.zarr"
-    args = ["--block", "2,20,20", "--method", method, "--seed-threshold", "0.7"]
+    args = ["--block", "2,20,20", "--method", method]
+    args += ["--seed-threshold", "0.7"] if method == "watershed" else []
     assert _segment(good, keep, *args) == 0
     before = digest(keep)
     capsys.readouterr()
@@ -234,3 +235,32 @@ def test_segment_output_path_mistakes(tmp_path, cli_error):
     a_file.write_text("x")
     assert _segment(prob, a_file / "out.zarr") == 2
     assert "is a file, not a folder" in cli_error()
+
+
+def test_instance_scoring_checks_the_ground_truth_and_its_options(tmp_path, cli_error):
+    """Probabilities given as ground truth would cast to no true instance and score NaN; a
+    threshold or a method's option that would be ignored is refused."""
+    ids = _array(tmp_path / "ids.zarr", (_prob(seed=2) * 5).astype(np.uint16))
+    float_gt = _array(tmp_path / "gt.zarr", _prob(seed=3))
+    assert _evaluate(ids, float_gt, "--instances") == 2
+    assert "holds probabilities, not instance labels" in cli_error()
+    assert _evaluate(ids, ids, "--instances", "--threshold", "7") == 2
+    assert "--threshold applies to probabilities" in cli_error()
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    assert _segment(prob, tmp_path / "a.zarr", "--labels", str(float_gt)) == 2
+    assert "holds probabilities" in cli_error()
+    assert not (tmp_path / "a.zarr").exists()
+    assert _segment(prob, tmp_path / "b.zarr", "--method", "watershed", "--min-size", "5") == 2
+    assert "--min-size applies to --method cc, not watershed" in cli_error()
+    assert _segment(prob, tmp_path / "c.zarr", "--halo", "4") == 2
+    assert "--halo applies to --method watershed, not cc" in cli_error()
+
+
+def test_json_lines_are_strict_json(tmp_path, capsys):
+    """A metric with no foreground (NaN) is written as null, which every JSON parser reads."""
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    empty = _array(tmp_path / "empty.zarr", np.zeros(SHAPE, np.uint8))
+    capsys.readouterr()
+    assert _evaluate(prob, empty, "--json") == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "NaN" not in line and json.loads(line)["map"] is None
