@@ -75,10 +75,13 @@ def tiny_config(tmp_path_factory) -> dict:
 
 @pytest.fixture
 def train_args(tiny_data, tiny_config):
-    def make(out: Path, method: str = "masktwins", dims: int = 2, extra=()):
+    def make(out: Path, method: str = "masktwins", dims: int = 2, extra=(),
+             target_label: bool = True):
+        """``target_label=False`` for a streamed target, which is never scored."""
         src, tgt = tiny_data[f"source{dims}d"], tiny_data[f"target{dims}d"]
+        score = ["--target-label", tgt[1]] if target_label else []
         return ["train", "--source-image", src[0], "--source-label", src[1],
-                "--target-image", tgt[0], "--target-label", tgt[1], "--method", method,
+                "--target-image", tgt[0], *score, "--method", method,
                 "--dims", str(dims), "--config", tiny_config[dims], "--out", str(out),
                 "--device", "cpu", "--quiet", *extra]
     return make

@@ -159,9 +159,17 @@ def load_domains(cfg: RunConfig, data_root: str | None = None, rank: int = 0):
         if cfg.method != "source-only":
             raise ConfigError(f"--method {cfg.method} adapts to a target; give --target NAME "
                               "or --target-image PATH (or use --method source-only).")
+        if d.target_label:
+            raise ConfigError("--target-label scores a target, but no target was given; add "
+                              "--target-image (or --target NAME), or drop --target-label.")
         return source, None, None
     t_img, _ = _specs(d.target, d.target_image, None, data_root)  # never the target's labels
     target, t_lab = _domain("target", d.target, t_img, None, cfg, rank, keep_labels=False)
+    if d.target_label and getattr(target, "image", None) is None:
+        raise InputError("--target-label cannot score a target that is streamed from disk (over "
+                         "1 GiB, or data.stream=always): validation predicts the whole target in "
+                         "memory; drop --target-label and score the trained model with predict "
+                         "and evaluate.")
     if d.target_label:
         from ..data.volumes import load_labels
 

@@ -51,10 +51,12 @@ def test_streamed_label_error_is_one_sentence_and_blocks_no_rerun(tmp_path, trai
     run = tmp_path / "run"
     ids = _instance_ids(tmp_path / "ids.tif", (3, 64, 64))
     stream = ["data.stream=always", "data.workers=1"]
-    err = cli_fails(_set(train_args(run, extra=stream), "--source-label", ids), "ids.tif")
+    err = cli_fails(_set(train_args(run, extra=stream, target_label=False), "--source-label",
+                         ids), "ids.tif")
     assert "cannot be binarised" in err and "Caught" not in err and "worker" not in err
     assert not run.exists()  # nothing of the failed run is left to refuse the next one
-    assert main(train_args(run, extra=["data.stream=always", "data.workers=0"])) == 0
+    assert main(train_args(run, extra=["data.stream=always", "data.workers=0"],
+                           target_label=False)) == 0
     assert (run / "checkpoints" / "last.pt").is_file()
 
 
@@ -118,3 +120,15 @@ def test_overwrite_keeps_the_old_run_when_the_new_data_fail(tmp_path, train_args
     assert main(args) == 2
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
     assert (run / "config.yaml").is_file()
+
+
+def test_target_labels_that_would_be_ignored_are_refused(tmp_path, train_args, cli_fails):
+    """--target-label without a target, or with a target streamed from disk (never predicted
+    whole), used to be dropped without a word (summary.json then held no target score)."""
+    args = train_args(tmp_path / "a", "source-only")
+    i = args.index("--target-image")
+    cli_fails(args[:i] + args[i + 2:], "--target-label scores a target, but no target was given")
+    streamed = ["data.stream=always", "data.workers=0"]
+    cli_fails(train_args(tmp_path / "b", "masktwins", extra=streamed),
+              "cannot score a target that is streamed from disk")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
