@@ -47,10 +47,19 @@ def run(args) -> int:
     if args.iters is not None:
         flags["iters"] = args.iters
     overrides = [parse_override(o) for o in args.overrides]
+    for key in ("method", "dims", "seed"):
+        if any(key in o for o in overrides):
+            raise ConfigError(f"Set {key} with --{'methods' if key == 'method' else key}, not "
+                              f"as {key}=...: the demo builds its data and names its rows from "
+                              "those flags.")
     data = demo_pair(args.dims, seed=args.seed)
     rows, timings = {}, {}
     for method in methods:
-        cfg = build_config(base, flags, {"method": method}, *overrides)
+        cfg = build_config(base, flags, *overrides, {"method": method})
+        if method == methods[0]:   # the crop must fit the demo volumes (train checks it too)
+            for role, volume in (("source", data["source"][0]), ("target", data["target"][0])):
+                Domain.from_arrays(role, volume).check_crop(cfg.target_crop if role == "target"
+                                                            else cfg.crop, cfg.dims)
         out = Path(args.out) / method
         prepare_run_dir(out, resume=False, overwrite=True)
         if cfg.mask.block is None:  # as train does: the run names the block it used

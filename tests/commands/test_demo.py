@@ -15,3 +15,14 @@ def test_demo_trains_both_methods_and_reruns_in_place(tmp_path, capsys):
         for method in table:
             assert (out / method / "checkpoints" / "last.pt").is_file()
             assert (out / method / "config.yaml").is_file()
+
+
+def test_demo_refuses_what_it_cannot_honour(tmp_path, cli_fails):
+    """A method/dims/seed override would train another method (or data) than the row it
+    prints; a crop larger than the demo volumes used to end in a traceback."""
+    base = ["demo", "--iters", "1", "--methods", "source-only", "--out", str(tmp_path / "d"),
+            "--quiet"]
+    cli_fails(base + ["method=mic"], "Set method with --methods, not as method=...")
+    cli_fails(base + ["seed=3"], "Set seed with --seed")
+    cli_fails(base + ["data.crop=[512,512]"], "data.crop")
+    assert not (tmp_path / "d").exists()
