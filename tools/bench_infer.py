@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import copy
 import json
 import os
 import shutil
@@ -223,11 +224,13 @@ def speed(work: Path, device, rounds: int, batch: int, shape, compile: str = "au
     # before any timed run: a compile here also fills torch's kernel cache, so the timed runs of
     # `ours` pay what every run after a machine's first one pays (compile_seconds: this build).
     compiled = resolve_compile(compile, torch.device(device), 2, plan.n_windows) == "on"
+    # A copy taken first: the Predictor converts the module it is given in place (channels-last
+    # on CUDA and for 3D), and the eager baseline must stay the plain module.
+    eager = copy.deepcopy(loaded.model).eval()
     t = time.perf_counter()
     fast = Predictor(loaded.model, 2, roi, device, compile=compiled, batch_size=batch,
                      amp=False, quiet=True)
     compile_seconds = time.perf_counter() - t if compiled else 0.0
-    eager = loaded.model.eval()
     cores = cpu_cores() if torch.device(device).type == "cpu" else torch.get_num_threads()
     threads, streams = parallelism(torch.device(device), None, None)
     threads = threads or torch.get_num_threads()
@@ -320,7 +323,8 @@ print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))
 
 
 def peak_rss_gb(cmd) -> float:
-    """Peak RSS (GiB) of ``cmd`` alone, measured by the kernel over its whole life."""
+    """Peak RSS (GB of 1e9 bytes, as ``volume_gb``) of ``cmd`` alone, measured by the kernel
+    over its whole life."""
     proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True,
                           text=True)
     try:
@@ -329,7 +333,7 @@ def peak_rss_gb(cmd) -> float:
         raise RuntimeError(f"the launcher failed: {proc.stderr[-2000:]}") from None
     if code != 0:
         raise RuntimeError(f"predict failed ({code}): {proc.stderr[-2000:]}")
-    return maxrss_kib / 2**20  # KiB -> GiB
+    return maxrss_kib * 1024 / 1e9  # KiB -> GB
 
 
 def memory(work: Path, device, gb: float, dtype: str) -> dict:
