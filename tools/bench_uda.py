@@ -242,7 +242,8 @@ def main() -> int:
     table = assemble(args.direction, methods, seeds, keys)
     print_table(args.direction, table)
     iters = resolve(args.preset, methods[0], seeds[0], args.iters, args.overrides).iters
-    result = {"methods": table, "iters": iters, "seeds": seeds, "direction": args.direction,
+    cached = sorted({s for row in table.values() for s in row["seeds"]})  # what the rows hold
+    result = {"methods": table, "iters": iters, "seeds": cached, "direction": args.direction,
               "preset": args.preset, "overrides": args.overrides}
     out = write_table_file(args, iters)
     print(f"table of every cached method and seed written to {out.relative_to(ROOT)}")

@@ -78,6 +78,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..data.convert import DEFAULT_CHUNKS, convert_volume
     from ..data.ome_zarr import parse_chunks
+    from ..errors import InputError
+
+    if args.instances and not args.labels:
+        raise InputError("--instances says how to store --labels, but none were given; add "
+                         "--labels NAME=SPEC or drop --instances.")
     chunks = parse_chunks(args.chunks, DEFAULT_CHUNKS)
     labels = _label_specs(args.labels)
     out = convert_volume(args.input, args.output, chunks=chunks, overwrite=args.overwrite,

@@ -61,7 +61,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from ..errors import InputError
     from ..inference.predict import PredictOptions, predict_volume
+
+    if args.which != "auto" and Path(args.checkpoint).is_file():
+        raise InputError(f"'{args.checkpoint}' is a checkpoint file, so --which {args.which} "
+                         "(the best or last checkpoint of a run directory) does not apply; drop "
+                         "it or give the run directory.")
+    if args.eager and args.compile == "on":
+        raise InputError("--compile on compiles the network that --eager asks to run as it is; "
+                         "drop one of them.")
 
     options = PredictOptions(
         overlap=args.overlap, batch_size=args.batch_size, tta=args.tta, dtype=args.dtype,

@@ -314,6 +314,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.distributed import barrier, from_environment
 
+    if args.gpus < 0:
+        raise ConfigError(f"--gpus {args.gpus} must be 0 or more (0 and 1: one process).")
     cfg = _resolve_config(args)   # a config mistake is said once, before any rank starts
     if args.gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         from ..train.launch import launch

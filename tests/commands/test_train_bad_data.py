@@ -132,3 +132,8 @@ def test_target_labels_that_would_be_ignored_are_refused(tmp_path, train_args, c
     cli_fails(train_args(tmp_path / "b", "masktwins", extra=streamed),
               "cannot score a target that is streamed from disk")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_negative_gpus_is_refused(tmp_path, train_args, cli_fails):
+    cli_fails(train_args(tmp_path / "run") + ["--gpus", "-3"], "--gpus -3 must be 0 or more")
+    assert not (tmp_path / "run").exists()

@@ -249,3 +249,9 @@ def test_a_zarr_group_without_arrays_says_so(tmp_path):
     zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     with pytest.raises(InputError, match="holds no arrays"):
         open_volume(str(tmp_path / "g.zarr"))
+
+
+def test_instances_without_labels_is_refused(data, cli_fails):
+    cli_fails(["convert", str(data / "stack.tif"), str(data / "o.zarr"), "--instances"],
+              "--instances says how to store --labels, but none were given")
+    assert not (data / "o.zarr").exists()

@@ -61,6 +61,12 @@ def test_bad_inputs_say_one_sentence_and_exit_2(tmp_path, ckpts, volume, capsys,
     assert "another overlap" in cli_error()
     assert _predict(ckpts["rgb"], volume, tmp_path / "rgb.zarr") == 2
     assert "one grey" in cli_error()
+    # options that would be ignored are refused
+    assert _predict(ckpts[2], volume, tmp_path / "w.zarr", "--which", "best") == 2
+    assert "is a checkpoint file, so --which best" in cli_error()
+    assert _predict(ckpts[2], volume, tmp_path / "e.zarr", "--eager", "--compile", "on") == 2
+    assert "--compile on compiles the network that --eager" in cli_error()
+    assert not (tmp_path / "w.zarr").exists() and not (tmp_path / "e.zarr").exists()
     image2d = tmp_path / "one.tif"
     tifffile.imwrite(image2d, np.zeros((40, 40), np.uint8))
     assert _predict(ckpts[3], str(image2d), tmp_path / "x.zarr") == 2
