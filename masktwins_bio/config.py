@@ -19,6 +19,7 @@ from .errors import ConfigError
 METHODS = ("source-only", "mean-teacher", "mic", "rmask", "masktwins")
 MODELS = ("unet", "basicunet", "flexibleunet")
 BLOCK_FRACTION = 16  # default mask block: this fraction of the crop side (METHOD.md)
+CONTEXT_FRACTION = 8  # default teacher context per in-plane side: this fraction of the crop side
 
 
 @dataclass
@@ -112,9 +113,11 @@ class UDAConfig:
     warmup_iters: int = 0                   # source-only iterations before target terms switch on
     eval_model: str = "teacher"             # network that predicts: "teacher" (EMA) or "student"
     # Pseudo-labels from the teacher's mean logits over the identity and the three in-plane
-    # flips (4 teacher passes; a CPU-preset MaskTwins run takes ~25% longer). Off by default:
-    # ~+1 IoU for MaskTwins on VNC <-> Lucchi (3 seeds), not yet run for the baselines.
-    teacher_flips: bool = False
+    # flips (4 teacher passes; a CPU-preset MaskTwins run takes ~50% longer with
+    # teacher_context). None: on for EM volumes, off for driving scenes (an upside-down street
+    # is no view of the data). With teacher_context, +1.5 / +4.2 IoU for MaskTwins on
+    # VNC -> Lucchi / Lucchi -> VNC and as much for the baselines with a teacher (bench_uda).
+    teacher_flips: bool | None = None
     # DACS class-mix (train/classmix.py): the official code's self-training term on source
     # classes pasted onto the target. Off by default (METHOD.md: optional); one more student
     # view per target crop.
@@ -122,7 +125,9 @@ class UDAConfig:
     # Voxels of real context added on each in-plane side of every target crop for the teacher
     # only; the student trains on the inner crop. A UNet sees less context near a crop's edge
     # (a third of a 256² crop lies within 24 px of it), so edge pseudo-labels are worse.
-    teacher_context: int = 0
+    # None: 1/8 of the in-plane crop side for EM volumes (32 px on 256² crops, the value
+    # measured; see RunConfig.teacher_context), 0 for driving scenes.
+    teacher_context: int | None = None
 
 
 @dataclass
@@ -162,9 +167,29 @@ class RunConfig:
         return (256, 256) if self.dims == 2 else (16, 128, 128)
 
     @property
+    def teacher_flips(self) -> bool:
+        """``uda.teacher_flips``, or its rule when unset: on for EM, off for driving scenes."""
+        if self.uda.teacher_flips is not None:
+            return bool(self.uda.teacher_flips)
+        return self.data.kind == "em"
+
+    @property
+    def teacher_context(self) -> int:
+        """``uda.teacher_context``, or its rule when unset: for EM, 1/8 of the smaller in-plane
+        crop side, rounded down so that the wider crop stays a multiple of the network's
+        downsampling; 0 for driving scenes."""
+        if self.uda.teacher_context is not None:
+            return int(self.uda.teacher_context)
+        if self.data.kind != "em":
+            return 0
+        step = max(divisor(self.model, self.dims)[-2:]) if self.model.name in MODELS else 1
+        half = max(1, step // 2)  # the crop grows by twice the context
+        return min(int(c) for c in self.crop[-2:]) // CONTEXT_FRACTION // half * half
+
+    @property
     def target_crop(self) -> tuple[int, ...]:
         """The crop drawn from the target: ``crop`` widened in-plane by the teacher's context."""
-        c = self.uda.teacher_context
+        c = self.teacher_context
         return self.crop[:-2] + tuple(s + 2 * c for s in self.crop[-2:])
 
     @property
@@ -280,6 +305,18 @@ def build_config(*layers: dict) -> RunConfig:
     return cfg
 
 
+def pin_rules(cfg: RunConfig) -> None:
+    """Write the values the default rules give (mask block, teacher flips and context) into
+    ``cfg``, so that the saved config names what the run trains with, and the run (and a
+    resume of it) does not depend on the rules of the version that reads it back."""
+    if cfg.mask.block is None:
+        cfg.mask.block = list(cfg.block)
+    if cfg.uda.teacher_flips is None:
+        cfg.uda.teacher_flips = cfg.teacher_flips
+    if cfg.uda.teacher_context is None:
+        cfg.uda.teacher_context = cfg.teacher_context
+
+
 def config_from_dict(data: dict) -> RunConfig:
     return build_config(data)
 
@@ -326,8 +363,9 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.uda.lambda_cl >= 0 and cfg.uda.lambda_cm >= 0,
            "uda.lambda_cl and uda.lambda_cm must not be negative.")
     _check(cfg.uda.warmup_iters >= 0, "uda.warmup_iters must not be negative.")
-    _check(cfg.uda.teacher_context >= 0, "uda.teacher_context must not be negative.")
-    _check(cfg.uda.teacher_context == 0 or cfg.data.kind == "em",
+    _check(cfg.uda.teacher_context is None or cfg.uda.teacher_context >= 0,
+           "uda.teacher_context must not be negative.")
+    _check(not cfg.uda.teacher_context or cfg.data.kind == "em",
            "uda.teacher_context works on EM volumes only; set it to 0 for driving scenes.")
     _check(cfg.uda.eval_model in ("teacher", "student"),
            f"uda.eval_model={cfg.uda.eval_model!r} is unknown; use teacher or student.")

@@ -40,9 +40,11 @@ CPU_PRESET = {
     "image_every": 1000,
     "data": {"crop": [256, 256], "batch_source": 2, "batch_target": 2, "foreground_prob": 0.5},
     "optim": {"lr": 0.001, "schedule": "poly"},
-    "uda": {"ema": 0.99, "warmup_iters": 1000},
-    # The default rule's block for 256² crops (1/16 of the side), written out so cached runs'
-    # keys do not move with the rule.
+    # The default rules' values for 256² EM crops, written out so cached runs' keys do not
+    # move with the rules: teacher context 1/8 of the side and the flipped teacher (since
+    # 2026-11-28; the earlier table: uda.teacher_flips=false uda.teacher_context=0), blocks of
+    # 1/16 of the side.
+    "uda": {"ema": 0.99, "warmup_iters": 1000, "teacher_flips": True, "teacher_context": 32},
     "mask": {"block": [1, 16, 16]},
 }
 TABLE_SEEDS = 10  # the table file holds whichever of seeds 0..9 are cached

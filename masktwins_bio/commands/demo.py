@@ -29,7 +29,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..config import METHODS, build_config, load_yaml, parse_override, save_yaml
+    from ..config import (METHODS, build_config, load_yaml, parse_override, pin_rules,
+                          save_yaml)
     from ..data.synthetic import demo_pair
     from ..errors import ConfigError
     from ..metrics import format_table
@@ -62,8 +63,7 @@ def run(args) -> int:
                                                             else cfg.crop, cfg.dims)
         out = Path(args.out) / method
         prepare_run_dir(out, resume=False, overwrite=True)
-        if cfg.mask.block is None:  # as train does: the run names the block it used
-            cfg.mask.block = list(cfg.block)
+        pin_rules(cfg)  # as train does: the run names the block (and context) it used
         save_yaml(cfg, out / "config.yaml")  # a run directory like train's
         d = cfg.data
         source = Domain.from_arrays("source", *data["source"], d.low_pct, d.high_pct)

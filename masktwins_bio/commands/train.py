@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import METHODS, RunConfig, build_config, load_yaml, save_yaml
+from ..config import METHODS, RunConfig, build_config, load_yaml, pin_rules, save_yaml
 from ..errors import ConfigError, InputError
 from ._common import clear_run, config_layers, prepare_run_dir
 
@@ -116,10 +116,10 @@ def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
                                  d.high_pct)
     except InputError as err:
         raise _named(err, f"The {role} image '{name or image_spec}'") from None
-    if role == "target" and cfg.uda.teacher_context:
+    if role == "target" and cfg.teacher_context:
         dom.check_crop(cfg.target_crop, cfg.dims, "set a smaller data.crop or "
                        f"uda.teacher_context (the target crop is data.crop plus "
-                       f"{cfg.uda.teacher_context} voxels on each side)")
+                       f"{cfg.teacher_context} voxels on each side)")
     else:
         dom.check_crop(cfg.crop, cfg.dims)
     return dom, labels
@@ -215,10 +215,7 @@ def _resolve_config(args) -> RunConfig:
                 setattr(base, key, getattr(new, key))
         return base
     cfg = build_config(*layers)
-    # The saved config names the block the run trains with, so that the run (and a resume of
-    # it) does not depend on the default rule of the version that reads it back.
-    if cfg.mask.block is None:
-        cfg.mask.block = list(cfg.block)
+    pin_rules(cfg)
     return cfg
 
 

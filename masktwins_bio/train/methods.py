@@ -16,9 +16,11 @@ augmented target; the student sees the photometrically augmented target (the sam
 twins), then masked. With ``model.num_classes > 1`` (driving scenes) the teacher's softmax
 argmax is the pseudo-label and the confidence is its maximum class probability.
 
-With ``uda.teacher_context`` the target crops are wider than the student's by that many voxels
-on each in-plane side: the teacher predicts the whole crop, and its pseudo-labels and the
-student's views are the inner part.
+With a teacher context (``uda.teacher_context``; by default 1/8 of the crop side on EM) the
+target crops are wider than the student's by that many voxels on each in-plane side: the
+teacher predicts the whole crop, and its pseudo-labels and the student's views are the inner
+part. With ``uda.teacher_flips`` (by default on EM) the pseudo-labels come from the teacher's
+mean logits over the four in-plane flips.
 
 ``uda.classmix`` adds, to every method with a teacher, the DACS term of the official code:
 L(student(source pasted onto target), ground truth where pasted, pseudo-labels elsewhere),
@@ -78,9 +80,9 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
 
     n_classes = cfg.model.num_classes
     with torch.no_grad():
-        t_logits = teacher_logits(teacher, tgt_weak, cfg.uda.teacher_flips)
-    if cfg.uda.teacher_context:
-        inner = (..., *(slice(cfg.uda.teacher_context, -cfg.uda.teacher_context),) * 2)
+        t_logits = teacher_logits(teacher, tgt_weak, cfg.teacher_flips)
+    if cfg.teacher_context:
+        inner = (..., *(slice(cfg.teacher_context, -cfg.teacher_context),) * 2)
         t_logits, tgt_weak, tgt_strong = t_logits[inner], tgt_weak[inner], tgt_strong[inner]
     keep = None  # binary: voxels the pseudo-label loss is restricted to (None: all)
     if n_classes > 1:  # softmax argmax; weight from the max class probability

@@ -46,7 +46,9 @@ def test_every_teacher_method_trains_on_the_mixed_image_in_its_one_forward(recor
         student = recorder()
         out = {}
         for classmix in (False, True):
-            cfg = build_config({"method": method, "uda": {"classmix": classmix}})
+            cfg = build_config({"method": method, "uda": {"classmix": classmix,
+                                                          "teacher_flips": False,
+                                                          "teacher_context": 0}})
             out[classmix] = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y,
                                      tgt, tgt, torch.Generator().manual_seed(0), adapt=True)
         assert "loss/mix" in out[True].terms and "loss/mix" not in out[False].terms, method

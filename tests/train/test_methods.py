@@ -15,8 +15,12 @@ class FixedLogits(torch.nn.Module):
         return logits
 
 
+# Teacher without flips or extra context: these tests feed uda_step tensors of their own size.
+PLAIN = {"teacher_flips": False, "teacher_context": 0}
+
+
 def _input_gradient(method: str, confident_only: bool) -> torch.Tensor:
-    cfg = build_config({"method": method, "uda": {"confident_only": confident_only},
+    cfg = build_config({"method": method, "uda": {"confident_only": confident_only, **PLAIN},
                         "mask": {"ratio": 1e-6}})  # masks hide (almost surely) nothing
     torch.manual_seed(0)
     student = torch.nn.Conv2d(1, 1, 1)               # voxel-local: gradients stay in place
@@ -78,7 +82,8 @@ def test_methods_without_masks_ignore_the_mask_settings():
     for method in ("source-only", "mean-teacher", "mic"):
         losses, draws = [], []
         for block, ratio in (([1, 4, 4], 0.5), ([1, 8, 8], 0.3)):
-            cfg = build_config({"method": method, "mask": {"block": block, "ratio": ratio}})
+            cfg = build_config({"method": method, "mask": {"block": block, "ratio": ratio},
+                                "uda": PLAIN})
             gen = torch.Generator().manual_seed(0)
             out = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y, tgt, tgt,
                            gen, adapt=True)
@@ -143,10 +148,10 @@ def test_source_only_ignores_the_teacher_options():
 
 
 def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
-    """Cached runs were keyed before ``uda.teacher_flips`` existed: at its default (off) the key
-    is the one those runs have, on it is another."""
+    """Cached runs were keyed before ``uda.teacher_flips`` existed: at its old default (off) the
+    key is the one those runs have, on it is another."""
     bench = _bench_uda()
-    cfg = build_config({"method": "masktwins"}).to_dict()
+    cfg = build_config({"method": "masktwins", "uda": {"teacher_flips": False}}).to_dict()
     before = {**cfg, "uda": {k: v for k, v in cfg["uda"].items() if k != "teacher_flips"}}
     assert bench.run_key("vnc-to-lucchi", cfg) == bench.run_key("vnc-to-lucchi", before)
     on = {**cfg, "uda": {**cfg["uda"], "teacher_flips": True}}
@@ -156,7 +161,8 @@ def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
 def test_teacher_context_gives_the_teacher_the_wide_crop_and_the_student_its_middle(
         recorder):
     torch.manual_seed(0)
-    cfg = build_config({"method": "masktwins", "uda": {"teacher_context": 4},
+    cfg = build_config({"method": "masktwins", "uda": {"teacher_context": 4,
+                                                       "teacher_flips": False},
                         "mask": {"ratio": 1e-6}})
     src_x, src_y = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
     tgt = torch.randn(2, 1, 16, 16)
@@ -168,5 +174,19 @@ def test_teacher_context_gives_the_teacher_the_wide_crop_and_the_student_its_mid
     assert torch.equal(student.seen[:2], tgt[..., 4:-4, 4:-4] + 1)  # masks hide nothing here
     with torch.no_grad():
         assert torch.allclose(out.views["teacher"], torch.sigmoid(teacher(tgt))[..., 4:-4, 4:-4])
-    assert cfg.target_crop == (264, 264) and build_config({}).target_crop == (256, 256)
+    assert cfg.target_crop == (264, 264)
     assert build_config({"dims": 3, "uda": {"teacher_context": 4}}).target_crop == (16, 136, 136)
+
+
+def test_teacher_defaults_follow_the_data_kind_and_the_crop():
+    """EM: flipped teacher and 1/8 of the in-plane crop side as context, kept a multiple of half
+    the network's downsampling; driving scenes: neither."""
+    em = build_config({})
+    assert em.teacher_flips and em.teacher_context == 32 and em.target_crop == (320, 320)
+    assert build_config({"data": {"crop": [512, 512]}}).teacher_context == 64
+    assert build_config({"dims": 3}).target_crop == (16, 160, 160)   # 128 / 8 = 16
+    assert build_config({"data": {"crop": [40, 40]}}).teacher_context == 4   # 5 -> 4 (stride 8)
+    natural = build_config({"data": {"kind": "natural"}, "model": {"num_classes": 19}})
+    assert not natural.teacher_flips and natural.teacher_context == 0
+    given = build_config({"uda": {"teacher_flips": False, "teacher_context": 0}})
+    assert not given.teacher_flips and given.target_crop == (256, 256)
