@@ -90,16 +90,20 @@ def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 
 def average_gradients(params, ctx: DistContext) -> None:
     """Replace each gradient by its mean over ranks (one flat all-reduce)."""
-    if not ctx.enabled:
+    _average_in_place([p.grad for p in params if p.grad is not None], ctx)
+
+
+def _average_in_place(tensors: list[torch.Tensor], ctx: DistContext) -> None:
+    """Replace each tensor by its mean over ranks, with one all-reduce of them all."""
+    if not ctx.enabled or not tensors:
         return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
     flat /= ctx.world_size
     offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t))
         offset += n
 
 
@@ -107,19 +111,7 @@ def average_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
     """Replace each floating-point buffer (batch-norm running mean and variance) by its mean
     over ranks: each rank updates them from its own crops, and a teacher or checkpoint that
     differed between ranks would give each rank other pseudo-labels."""
-    if not ctx.enabled:
-        return
-    buffers = [b for b in module.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.reshape(-1) for b in buffers])
-    dist.all_reduce(flat)
-    flat /= ctx.world_size
-    offset = 0
-    for b in buffers:
-        n = b.numel()
-        b.copy_(flat[offset:offset + n].view_as(b))
-        offset += n
+    _average_in_place([b for b in module.buffers() if b.is_floating_point()], ctx)
 
 
 def barrier(ctx: DistContext) -> None:

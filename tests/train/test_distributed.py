@@ -36,6 +36,21 @@ def _grads(trainer):
     return {n: p.grad.clone() for n, p in trainer.student.named_parameters()}
 
 
+def _leave(rank, out_dir):
+    """End a rank's process group. Rank 0 hosts the TCP store: it leaves last, or rank 1 may
+    abort on a vanished store."""
+    torch.distributed.barrier()
+    done = os.path.join(out_dir, "rank1.done")
+    if rank == 1:
+        torch.distributed.destroy_process_group()
+        open(done, "w").close()
+    else:
+        deadline = time.time() + 60
+        while not os.path.exists(done) and time.time() < deadline:
+            time.sleep(0.05)
+        torch.distributed.destroy_process_group()
+
+
 def _rank_main(rank, port, settings, method, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE="2")
@@ -48,17 +63,7 @@ def _rank_main(rank, port, settings, method, out_dir):
     torch.save(float(out.loss), os.path.join(out_dir, f"loss{rank}.pt"))
     if rank == 0:
         torch.save(_grads(trainer), os.path.join(out_dir, "grads.pt"))
-    torch.distributed.barrier()
-    # Rank 0 hosts the TCP store: it leaves last, or rank 1 may abort on a vanished store.
-    done = os.path.join(out_dir, "rank1.done")
-    if rank == 1:
-        torch.distributed.destroy_process_group()
-        open(done, "w").close()
-    else:
-        deadline = time.time() + 60
-        while not os.path.exists(done) and time.time() < deadline:
-            time.sleep(0.05)
-        torch.distributed.destroy_process_group()
+    _leave(rank, out_dir)
 
 
 def _rank_states(rank, port, settings, out_dir):
@@ -76,16 +81,7 @@ def _rank_states(rank, port, settings, out_dir):
         trainer.step(it, batches=(src_x[share], src_y[share], tgt[share]))
     torch.save({"student": trainer.student.state_dict(), "teacher": trainer.teacher.state_dict()},
                os.path.join(out_dir, f"states{rank}.pt"))
-    torch.distributed.barrier()
-    done = os.path.join(out_dir, "rank1.done")
-    if rank == 1:
-        torch.distributed.destroy_process_group()
-        open(done, "w").close()
-    else:
-        deadline = time.time() + 60
-        while not os.path.exists(done) and time.time() < deadline:
-            time.sleep(0.05)
-        torch.distributed.destroy_process_group()
+    _leave(rank, out_dir)
 
 
 def test_batch_norm_statistics_stay_identical_across_ranks(tmp_path, tiny_settings):
@@ -120,7 +116,7 @@ def test_two_ranks_equal_one_process_with_double_batch(tmp_path, tiny_settings, 
         torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-6,
                                    msg=lambda m: f"{name}: {m}")
     # the logged loss: global terms as one process has them, per-rank means averaging to it
-    losses = [torch.load(tmp_path / f"loss{r}.pt") for r in (0, 1)]
+    losses = [torch.load(tmp_path / f"loss{r}.pt", weights_only=True) for r in (0, 1)]
     assert abs(sum(losses) / 2 - float(single_out.loss)) < 1e-4 * abs(float(single_out.loss))
 
 
