@@ -2,10 +2,11 @@
 
 ``<data>.masktwins-<kind>-<tag>.<ext>`` sits beside the file or folder (so it moves with it); when
 that folder is read-only it goes to the user cache (``$MASKTWINS_CACHE`` or the platform cache
-dir). Each file records a fingerprint of the data (size and modification time of the path and its
-metadata files, and for a folder the count, total size and newest modification time of the files
-under it: rewriting zarr chunks or slice files in place touches neither the folder nor its
-metadata), so editing the data invalidates it. Writes are atomic (temp file + rename).
+dir). Each file records a fingerprint of the data (size and modification time of a file, or of a
+folder's metadata files, and for a folder the count, total size, newest modification time and
+names of the files under it: rewriting zarr chunks or slice files in place touches neither the
+folder nor its metadata), so editing the data invalidates it. Writes are atomic (temp file +
+rename).
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ _META_FILES = ("zarr.json", ".zarray", ".zattrs")
 
 def fingerprint(path: Path) -> list:
     parts = []
-    for p in [path, *(path / m for m in _META_FILES if path.is_dir())]:
+    # Not a folder's own mtime: the names cover what it records (files added, removed or
+    # renamed), and a slice moved away and back (a failed job's cause, fixed) matches again.
+    for p in [path] if not path.is_dir() else [path / m for m in _META_FILES]:
         if p.exists():
             st = p.stat()
             parts.append([p.name, st.st_size, st.st_mtime_ns])
@@ -31,10 +34,12 @@ def fingerprint(path: Path) -> list:
     return parts
 
 
-def _tree_summary(folder: Path) -> list[int]:
-    """[count, total bytes, newest mtime_ns] of the files under ``folder`` (one stat each: a
-    few ms for thousands of chunk or slice files)."""
+def _tree_summary(folder: Path) -> list:
+    """[count, total bytes, newest mtime_ns, digest of the sorted relative names] of the files
+    under ``folder`` (one stat each: a few ms for thousands of chunk or slice files). The names
+    matter because slices are stacked in name order."""
     count = size = newest = 0
+    names = []
     pending = [folder]
     while pending:
         with os.scandir(pending.pop()) as entries:
@@ -47,7 +52,9 @@ def _tree_summary(folder: Path) -> list[int]:
                 except OSError:  # a file removed while we walk
                     continue
                 count, size, newest = count + 1, size + st.st_size, max(newest, st.st_mtime_ns)
-    return [count, size, newest]
+                names.append(os.path.relpath(entry.path, folder))
+    digest = hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:16]
+    return [count, size, newest, digest]
 
 
 def user_cache_dir() -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, WriteStopped
+from ..errors import InputError, job_stopped
 from ..inference.outputs import check_replaceable
 from .normalize import compute_stats
 from .ome_zarr import copy_blocks, create_level, downsample_level, multiscales_meta
@@ -200,8 +200,8 @@ def convert_volume(src, out, *, chunks: tuple = DEFAULT_CHUNKS, overwrite: bool 
         try:
             _write(vol, label_vols, partial, resumed, chunks, levels,
                    voxel_size or vol.voxel_size, label_rule, show_progress)
-        except OSError as err:  # disk full, permissions: what is written stays for --resume
-            raise WriteStopped(out, err.strerror or err) from None
+        except OSError as err:  # disk full, permissions, a vanished input: kept for --resume
+            raise job_stopped(err, out, (partial.path,)) from None
         except Exception:
             partial.discard()  # a conversion that failed on its data: nothing half-written
             remove_empty(created)

@@ -12,7 +12,7 @@ place when complete (``segment`` does the same, with ``.masktwins-segment/``). I
                   of a resumed run are those of an uninterrupted one (segment: the component
                   sizes of each labelled block)
 
-and is removed just before the rename. A block written but not yet listed (a kill in between)
+and is removed just after the rename. A block written but not yet listed (a kill in between)
 is simply written again, with the same bytes.
 """
 from __future__ import annotations
@@ -162,7 +162,13 @@ class PartialOutput:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def finish(self) -> None:
-        """Drop the bookkeeping and rename the complete output into place."""
-        shutil.rmtree(self.work)
-        self.close()
+        """Rename the complete output into place, then drop the bookkeeping inside it.
+
+        In this order a kill can lose nothing: before the rename the hidden folder still holds
+        its ledger, so ``--resume`` finds every block done and only renames; after it, the
+        output is complete and at most keeps a hidden ``.masktwins-*`` folder, which readers
+        ignore. (Dropping the ledger first left, after a kill, a complete output that could
+        neither be resumed nor found.)"""
         swap_into_place(self.path, self.out)
+        self.close()
+        shutil.rmtree(self.out / self.work.name, ignore_errors=True)

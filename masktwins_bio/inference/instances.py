@@ -35,7 +35,7 @@ import numpy as np
 
 from ..data.partial import PartialOutput
 from ..data.paths import process_alive, remove_path
-from ..errors import InputError, WriteStopped
+from ..errors import InputError, job_stopped
 from .outputs import check_new_output, check_parent
 
 DEFAULT_BLOCK = (64, 256, 256)
@@ -135,9 +135,9 @@ def partial_output(output, run: dict, resume: bool = False, overwrite: bool = Fa
     except KeyboardInterrupt:
         partial.close()
         raise
-    except OSError as err:  # disk full, permissions: what is written stays for --resume
+    except OSError as err:  # disk full, permissions, a vanished input: kept for --resume
         partial.close()
-        raise WriteStopped(output, err.strerror or err) from None
+        raise job_stopped(err, output, (partial.path,)) from None
     except BaseException:
         partial.discard()
         raise

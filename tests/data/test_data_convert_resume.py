@@ -187,3 +187,53 @@ def test_failed_conversion_leaves_nothing_and_resume_without_partial_starts(data
     assert not [p for p in data.iterdir() if p.name.startswith(".f.zarr")]
     out = convert_volume(data / "img.tif", data / "g.zarr", show_progress=False, resume=True)
     assert out.is_dir() and not partial.partial_path(out).exists()
+
+
+def test_a_kill_while_the_output_is_renamed_into_place_loses_nothing(data, monkeypatch, digest):
+    whole = _convert(data, data / "whole" / "o.ome.zarr")
+    out = data / "o.ome.zarr"
+    with monkeypatch.context() as m:  # every block written, stopped at the final rename
+        m.setattr(partial, "swap_into_place",
+                  lambda tmp, dst: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            _convert(data, out)
+    written = []
+    real = partial.PartialOutput.mark
+    monkeypatch.setattr(partial.PartialOutput, "mark",
+                        lambda self, array, corner: (written.append(array),
+                                                     real(self, array, corner)))
+    _convert(data, out, resume=True)  # the ledger survived: nothing to redo
+    assert written == []
+    assert digest(out) == digest(whole)
+    assert not list(out.glob(".masktwins-*"))
+
+
+def test_a_vanished_input_slice_is_named_and_the_conversion_kept(data, monkeypatch,
+                                                                 cli_fails, digest):
+    import imageio.v3 as iio
+    tmp_path = data  # small blocks: the slices are read block by block
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    for z in range(VOL.shape[0]):
+        iio.imwrite(slices / f"s{z:02d}.png", VOL[z])
+    args = ["--chunks", "2,16,16", "--quiet"]
+    from masktwins_bio.cli import main
+    assert main(["convert", str(slices), str(tmp_path / "whole" / "o.ome.zarr")] + args) == 0
+    out = tmp_path / "o.ome.zarr"
+    real, n = partial.PartialOutput.mark, []
+
+    def mark(self, array, corner):  # someone moves the last slice away while blocks are written
+        real(self, array, corner)
+        n.append(1)
+        if len(n) == 3:
+            os.replace(slices / "s11.png", tmp_path / "s11.png")
+    with monkeypatch.context() as m:
+        m.setattr(partial.PartialOutput, "mark", mark)
+        cli_fails(["convert", str(slices), str(out)] + args,
+                  f"Cannot read '{slices / 's11.png'}' (No such file or directory); put the "
+                  "input back or make it readable, then run the same command again with "
+                  "--resume.")
+    assert (partial.partial_path(out) / ".masktwins-convert" / "done.log").is_file()
+    os.replace(tmp_path / "s11.png", slices / "s11.png")  # back, as it was
+    assert main(["convert", str(slices), str(out), "--resume"] + args) == 0
+    assert digest(out / "0") == digest(tmp_path / "whole" / "o.ome.zarr" / "0")

@@ -64,3 +64,18 @@ def test_folders_rewritten_in_place_invalidate_their_caches(tmp_path):
     for z in range(3):
         Image.fromarray(rng.integers(100, 250, (32, 32), dtype=np.uint8)).save(slices / f"{z}.png")
     assert volume_stats(slices).mean > before.mean + 50
+
+
+def test_a_folder_fingerprint_follows_its_files_names_not_its_own_mtime(tmp_path):
+    from masktwins_bio.data.cache import fingerprint
+
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    for z in range(3):
+        (slices / f"{z}.png").write_bytes(bytes(10 + z))
+    first = fingerprint(slices)
+    os.replace(slices / "1.png", tmp_path / "1.png")  # moved away and back: the same files
+    os.replace(tmp_path / "1.png", slices / "1.png")
+    assert fingerprint(slices) == first
+    os.replace(slices / "2.png", slices / "9.png")  # renamed: the stack's order may change
+    assert fingerprint(slices) != first

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, InputGone
 from . import IMAGE_SUFFIXES, TIFF_SUFFIXES, Source
 
 _PIL_MODES = {"1": (np.dtype(bool), 0), "L": (np.dtype(np.uint8), 0),
@@ -64,6 +64,8 @@ def read_image(path: Path) -> np.ndarray:
         from PIL import Image
         with Image.open(path) as im:
             return np.asarray(im)
+    except (FileNotFoundError, PermissionError) as err:  # there when listed, gone now
+        raise InputGone(err, path) from None
     except Exception as err:
         raise InputError(f"Cannot decode image '{path}' ({type(err).__name__}: {err}); "
                          "replace or remove the file.") from None
