@@ -168,16 +168,22 @@ def assemble(direction: str, methods: list[str], seeds: list[int], keys: dict) -
         for m in METRICS:
             values = [r["metrics"][m] for r in runs]
             row[f"{m}_mean"] = statistics.fmean(values)
-            row[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            # one seed has no spread: null in the JSON, "± –" in the table (not a 0.0 that
+            # reads as a perfectly repeatable result)
+            row[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else None
         table[method] = row
     return table
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
 
 
 def print_table(direction: str, table: dict) -> None:
     print(f"\n{direction}: target metrics (%), mean ± std over seeds")
     print(f"{'method':<14}" + "".join(f"{m:>15}" for m in METRICS) + "  seeds")
     for method, row in table.items():
-        cells = "".join(f"{100 * row[m + '_mean']:>8.1f} ± {100 * row[m + '_std']:<4.1f}"
+        cells = "".join(f"{100 * row[m + '_mean']:>8.1f} ± {_percent(row[m + '_std']):<4}"
                         for m in METRICS)
         print(f"{method:<14}{cells}  {row['seeds']}")
 
