@@ -55,7 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv = [a for a in argv if a != "--debug"]
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives a nargs="*" positional only its first run of words, so key=value overrides
+    # placed between options (`train ... iters=10 --dims 3 uda.ema=0.99`) come back unparsed;
+    # they are overrides all the same, in command-line order.
+    if extra and hasattr(args, "overrides") and all(
+            "=" in a and not a.startswith("-") for a in extra):
+        args.overrides, extra = list(args.overrides) + extra, []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # verbs that re-launch themselves (train --gpus) need the command line
     args.argv = argv + (["--debug"] if debug else [])
     report = rank_error_file()   # a rank of `train --gpus N`: its launcher speaks for it

@@ -182,9 +182,26 @@ class RunConfig:
             return int(self.uda.teacher_context)
         if self.data.kind != "em":
             return 0
-        step = max(divisor(self.model, self.dims)[-2:]) if self.model.name in MODELS else 1
-        half = max(1, step // 2)  # the crop grows by twice the context
+        half = self.context_step
         return min(int(c) for c in self.crop[-2:]) // CONTEXT_FRACTION // half * half
+
+    @property
+    def context_step(self) -> int:
+        """What a teacher context must be a multiple of: half the network's in-plane
+        downsampling, since the crop grows by twice the context."""
+        step = max(divisor(self.model, self.dims)[-2:]) if self.model.name in MODELS else 1
+        return max(1, step // 2)
+
+    def fit_teacher_context(self, target_shape) -> None:
+        """Pin the rule's teacher context to what a target of ``target_shape`` holds: on a
+        target smaller in-plane than the crop plus twice the rule's context (the 256² synthetic
+        domains under 256² crops), the largest context that fits, down to none. A context the
+        user set is kept as given (and a target too small for it is an error)."""
+        if self.uda.teacher_context is not None or not self.teacher_context:
+            return
+        room = min((int(s) - int(c)) // 2 for s, c in zip(target_shape[-2:], self.crop[-2:]))
+        half = self.context_step
+        self.uda.teacher_context = max(0, min(self.teacher_context, room // half * half))
 
     @property
     def target_crop(self) -> tuple[int, ...]:
@@ -306,15 +323,14 @@ def build_config(*layers: dict) -> RunConfig:
 
 
 def pin_rules(cfg: RunConfig) -> None:
-    """Write the values the default rules give (mask block, teacher flips and context) into
-    ``cfg``, so that the saved config names what the run trains with, and the run (and a
-    resume of it) does not depend on the rules of the version that reads it back."""
+    """Write the values the default rules give (mask block, teacher flips) into ``cfg``, so
+    that the saved config names what the run trains with, and the run (and a resume of it)
+    does not depend on the rules of the version that reads it back. The teacher context is
+    pinned once the target's size is known (:meth:`RunConfig.fit_teacher_context`)."""
     if cfg.mask.block is None:
         cfg.mask.block = list(cfg.block)
     if cfg.uda.teacher_flips is None:
         cfg.uda.teacher_flips = cfg.teacher_flips
-    if cfg.uda.teacher_context is None:
-        cfg.uda.teacher_context = cfg.teacher_context
 
 
 def config_from_dict(data: dict) -> RunConfig:

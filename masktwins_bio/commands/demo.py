@@ -57,6 +57,7 @@ def run(args) -> int:
     rows, timings = {}, {}
     for method in methods:
         cfg = build_config(base, flags, *overrides, {"method": method})
+        cfg.fit_teacher_context(data["target"][0].shape)
         if method == methods[0]:   # the crop must fit the demo volumes (train checks it too)
             for role, volume in (("source", data["source"][0]), ("target", data["target"][0])):
                 Domain.from_arrays(role, volume).check_crop(cfg.target_crop if role == "target"

@@ -88,8 +88,12 @@ def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
         from ..data.synthetic import demo_pair
 
         image, labels = demo_pair(cfg.dims, seed=cfg.seed)[SYNTHETIC[name]]
+        if role == "target":
+            cfg.fit_teacher_context(image.shape)
     else:
         vol = _check_volume(image_spec, cfg)
+        if role == "target":
+            cfg.fit_teacher_context(vol.shape)
         big = vol.nbytes > STREAM_ABOVE_BYTES
         if d.stream == "always" or (d.stream == "auto" and big):
             from ..data.volumes import open_volume

@@ -88,3 +88,25 @@ def test_evaluate_instances_reports_ap75(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (result["tp"], result["fp"], result["fn"]) == (1, 1, 1)
     assert 0.0 < result["ap75"] < 1.0
+
+
+def test_the_teacher_context_rule_fits_a_small_target(tmp_path, train_args, cli_fails):
+    # The 64² target under a 64² crop leaves no room for the rule's context (8 px): the run
+    # trains without one and pins that, where it used to stop at "crop larger than target".
+    run = tmp_path / "run"
+    assert main(train_args(run, extra=["data.crop=[64,64]"])) == 0
+    assert load_yaml(run / "config.yaml")["uda"]["teacher_context"] == 0
+    assert main(train_args(tmp_path / "r2", extra=["data.crop=[56,56]"])) == 0  # rule 6, room 4
+    assert load_yaml(tmp_path / "r2" / "config.yaml")["uda"]["teacher_context"] == 4
+    cli_fails(train_args(tmp_path / "r3", extra=["data.crop=[64,64]", "uda.teacher_context=4"]),
+              "The crop [72, 72] is larger than the target volume [64, 64]")  # as the user set
+
+
+def test_overrides_may_sit_between_options(tmp_path, train_args):
+    run = tmp_path / "run"
+    args = train_args(run)
+    args[1:1] = ["mask.ratio=0.4"]
+    args.insert(args.index("--quiet"), "uda.ema=0.9")  # between --device cpu and --quiet
+    assert main(args) == 0
+    saved = load_yaml(run / "config.yaml")
+    assert saved["mask"]["ratio"] == 0.4 and saved["uda"]["ema"] == 0.9
