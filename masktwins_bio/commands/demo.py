@@ -53,6 +53,8 @@ def run(args) -> int:
             raise ConfigError(f"Set {key} with --{'methods' if key == 'method' else key}, not "
                               f"as {key}=...: the demo builds its data and names its rows from "
                               "those flags.")
+    from ..train.device import select_device
+    select_device(args.device)  # a device that is not there: said before any run folder exists
     data = demo_pair(args.dims, seed=args.seed)
     rows, timings = {}, {}
     for method in methods:

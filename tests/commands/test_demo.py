@@ -1,6 +1,9 @@
 """`masktwins-bio demo`, the README's first command, end to end with a tiny budget."""
 import json
 
+import pytest
+import torch
+
 from masktwins_bio.cli import main
 
 
@@ -25,4 +28,11 @@ def test_demo_refuses_what_it_cannot_honour(tmp_path, cli_fails):
     cli_fails(base + ["method=mic"], "Set method with --methods, not as method=...")
     cli_fails(base + ["seed=3"], "Set seed with --seed")
     cli_fails(base + ["data.crop=[512,512]"], "data.crop")
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_demo_on_a_missing_gpu_leaves_nothing(tmp_path, cli_fails):
+    cli_fails(["demo", "--iters", "1", "--out", str(tmp_path / "d"), "--device", "cuda",
+               "--quiet"], "CUDA was requested but no GPU is visible")
     assert not (tmp_path / "d").exists()
