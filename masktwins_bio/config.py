@@ -476,8 +476,16 @@ def _validate_natural(cfg: RunConfig) -> None:
            f"data.kind={cfg.data.kind!r} is unknown; use em or natural.")
     if cfg.data.kind == "natural":
         _check(cfg.dims == 2, f"data.kind=natural needs dims=2 (got {cfg.dims}).")
-        _check(m.num_classes >= 2, f"data.kind=natural needs model.num_classes >= 2 (19 for "
-               f"Cityscapes), got {m.num_classes}.")
+        # The readers give every dataset Cityscapes' 19 train ids and 255 for void.
+        _check(m.num_classes >= 19, f"data.kind=natural needs model.num_classes >= 19 (the "
+               f"readers give Cityscapes' 19 train ids), got {m.num_classes}.")
+        _check(n.ignore_index == 255, f"natural.ignore_index={n.ignore_index} does not fit the "
+               "driving-scene readers, which mark void pixels 255; leave it at 255.")
+        if m.name in MODELS and len(m.channels) == len(m.strides) + 1:
+            step = divisor(m, cfg.dims)
+            _check(all(int(w) % d == 0 for w, d in zip(n.val_window, step)),
+                   f"natural.val_window={n.val_window} must be a multiple of {list(step)} "
+                   "(the network's downsampling).")
     _check(0 <= n.ignore_index <= 255, f"natural.ignore_index={n.ignore_index} must lie in "
            "[0, 255].")
     _check(n.dice_weight >= 0, "natural.dice_weight must not be negative.")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import METHODS, RunConfig, build_config, load_yaml, pin_rules, save_yaml
+from ..config import (METHODS, RunConfig, build_config, divisor, load_yaml, pin_rules,
+                      save_yaml)
 from ..errors import ConfigError, InputError
 from ._common import clear_run, config_layers, prepare_run_dir
 
@@ -283,7 +284,8 @@ def load_scene_domains(cfg: RunConfig, data_root: str | None, rank: int = 0):
         amp = autocast_dtype(select_device(cfg.device), cfg.amp)
         validator = SceneValidator(val, cfg.model.num_classes, n.val_window, n.val_stride,
                                    n.target_scale, n.ignore_index, n.val_images,
-                                   n.miou_classes, amp)
+                                   n.miou_classes, amp,
+                                   step=max(divisor(cfg.model, cfg.dims)))
     return source, target, validator
 
 

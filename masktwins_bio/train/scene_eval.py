@@ -25,9 +25,20 @@ def _starts(size: int, window: int, stride: int) -> list[int]:
     return sorted({max(min(i * stride + window, size) - window, 0) for i in range(n)})
 
 
+def _padded_forward(model: torch.nn.Module, patch: torch.Tensor, step: int) -> torch.Tensor:
+    """``model(patch)``, the patch padded at its far sides to a multiple of ``step`` with the
+    mean colour (0 after normalisation) and the logits cropped back: a window that the image
+    is smaller than (after ``natural.target_scale``) is not a size the UNet takes."""
+    h, w = patch.shape[2:]
+    ph, pw = -h % step, -w % step
+    if ph or pw:
+        patch = F.pad(patch, (0, pw, 0, ph))
+    return model(patch)[:, :, :h, :w]
+
+
 @torch.no_grad()
 def slide_logits(model: torch.nn.Module, image: torch.Tensor, num_classes: int, window,
-                 stride) -> torch.Tensor:
+                 stride, step: int = 32) -> torch.Tensor:
     """Logits (1, C, H, W) float32 of a normalised image (1, 3, H, W), mmseg's slide mode."""
     _, _, h, w = image.shape
     out = torch.zeros((1, num_classes, h, w), dtype=torch.float32, device=image.device)
@@ -35,7 +46,8 @@ def slide_logits(model: torch.nn.Module, image: torch.Tensor, num_classes: int, 
     for y in _starts(h, window[0], stride[0]):
         for x in _starts(w, window[1], stride[1]):
             y2, x2 = min(y + window[0], h), min(x + window[1], w)
-            out[:, :, y:y2, x:x2] += model(image[:, :, y:y2, x:x2]).float()
+            out[:, :, y:y2, x:x2] += _padded_forward(model, image[:, :, y:y2, x:x2],
+                                                     step).float()
             count[:, :, y:y2, x:x2] += 1
     return out / count
 
@@ -45,12 +57,12 @@ class SceneValidator:
 
     def __init__(self, dataset, num_classes: int, window, stride, scale=None,
                  ignore_index: int = 255, limit: int = 0, headline: int = 19,
-                 amp_dtype: torch.dtype | None = None):
+                 amp_dtype: torch.dtype | None = None, step: int = 32):
         self.dataset, self.num_classes = dataset, int(num_classes)
         self.window, self.stride = tuple(window), tuple(stride)
         self.scale, self.ignore_index, self.headline = scale, ignore_index, headline
         self.count = len(dataset) if not limit else min(limit, len(dataset))
-        self.amp_dtype = amp_dtype
+        self.amp_dtype, self.step = amp_dtype, int(step)  # the network's downsampling
         self.stats = RGBStats()
 
     def predict(self, model: torch.nn.Module, index: int, device) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +71,8 @@ class SceneValidator:
         size = rescaled_size(*image.shape[:2], self.scale)
         x = torch.from_numpy(self.stats.apply(resize_rgb(image, size)))[None].to(device)
         with autocast(torch.device(device), self.amp_dtype):
-            logits = slide_logits(model, x, self.num_classes, self.window, self.stride)
+            logits = slide_logits(model, x, self.num_classes, self.window, self.stride,
+                                  self.step)
         if tuple(logits.shape[2:]) != label.shape:
             logits = F.interpolate(logits, size=label.shape, mode="bilinear",
                                    align_corners=False)

@@ -19,6 +19,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
     ("natural.val_stride=[2048,512]", "must not exceed natural.val_window"),
     ("natural.source_scale=[2560]", "two whole numbers"),
     ("model.name=segformer", "flexibleunet"),
+    # accepted before, then a traceback in the loss or at the first validation
+    ("model.num_classes=2", "needs model.num_classes >= 19"),
+    ("natural.ignore_index=0", "mark void pixels 255"),
+    ("natural.val_window=[1000,1000]", r"must be a multiple of \[32, 32\]"),
 ])
 def test_bad_natural_values_are_rejected(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -26,7 +30,7 @@ def test_bad_natural_values_are_rejected(override, match):
 
 
 def test_natural_needs_several_classes_and_2d():
-    with pytest.raises(ConfigError, match="num_classes >= 2"):
+    with pytest.raises(ConfigError, match="num_classes >= 19"):
         build_config({"data": {"kind": "natural"}})
     with pytest.raises(ConfigError, match="dims=2"):
         build_config(natural_preset("gta5"), {

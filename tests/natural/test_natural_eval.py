@@ -47,3 +47,17 @@ def test_sliding_window_averages_to_the_full_image_prediction():
     image = torch.randn(1, 3, 40, 70)
     got = slide_logits(model, image, 5, (32, 32), (16, 16))
     torch.testing.assert_close(got, model(image), rtol=1e-5, atol=1e-5)
+
+
+def test_an_image_smaller_than_the_window_is_padded_to_the_networks_step():
+    """After natural.target_scale an image may be smaller than the validation window, and
+    then is predicted whole: at a size the UNet's downsampling does not divide, it crashed."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, 1)
+
+    def model(x):
+        assert x.shape[2] % 32 == 0 and x.shape[3] % 32 == 0, x.shape
+        return conv(x)
+    image = torch.randn(1, 3, 48, 80)
+    got = slide_logits(model, image, 5, (64, 128), (32, 64), step=32)
+    torch.testing.assert_close(got, conv(image), rtol=1e-5, atol=1e-5)

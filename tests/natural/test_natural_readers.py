@@ -61,3 +61,17 @@ def test_registry_marks_the_datasets_manual(scene_tree, tmp_path, capsys):
     assert main(["download", "cityscapes", "--data-root", str(tmp_path)]) == 2
     assert "cityscapes-dataset.com" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was created or fetched
+
+
+def test_a_truncated_png_is_one_sentence_naming_it(scene_tree, tmp_path):
+    """A partly extracted archive leaves truncated PNGs: Pillow's traceback before."""
+    import shutil
+    root, _ = scene_tree
+    shutil.copytree(root / "gta5", tmp_path / "gta5")
+    for sub in ("images", "labels"):
+        png = tmp_path / "gta5" / sub / "00002.png"
+        png.write_bytes(png.read_bytes()[:200])
+    ds = open_scenes("gta5", tmp_path)
+    for read in (ds.read_image, ds.read_label):
+        with pytest.raises(InputError, match=r"Cannot decode .*00002\.png.*re-extract it"):
+            read(1)

@@ -16,6 +16,8 @@ names the expected layout and how to obtain the data.
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,13 +138,13 @@ class SceneDataset:
     def image_size(self, i: int) -> tuple[int, int]:
         """(H, W) of image ``i`` from its header (no decoding)."""
         from PIL import Image
-        with Image.open(self.images[i]) as im:
+        with _decoding(self.images[i]), Image.open(self.images[i]) as im:
             return im.size[1], im.size[0]
 
     def read_image(self, i: int) -> np.ndarray:
         """RGB uint8 (H, W, 3)."""
         from PIL import Image
-        with Image.open(self.images[i]) as im:
+        with _decoding(self.images[i]), Image.open(self.images[i]) as im:
             return np.asarray(im.convert("RGB"))
 
     def read_label(self, i: int) -> np.ndarray:
@@ -169,10 +171,23 @@ class SceneDataset:
         return image, label
 
 
+@contextlib.contextmanager
+def _decoding(path: Path):
+    """A file that cannot be decoded (truncated by a partial extraction, corrupt, not a PNG)
+    as one sentence naming it, instead of Pillow's traceback."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's truncated/unidentified files
+        raise InputError(f"Cannot decode '{path}' ({type(err).__name__}: {err}); the file may "
+                         "be truncated or corrupt: re-extract it from its archive.") from None
+
+
 def read_label_ids(path: Path) -> np.ndarray:
     """A palette or greyscale PNG of label ids as an integer (H, W) array."""
     from PIL import Image
-    with Image.open(path) as im:
+    with _decoding(path), Image.open(path) as im:
         if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
             raise InputError(f"'{path}' is a {im.mode} image, not a map of label ids; give the "
                              "official label PNGs (palette or greyscale), not colour renderings.")
@@ -186,6 +201,11 @@ def read_first_channel(path: Path) -> np.ndarray:
 
 
 def read_png_uint16(path: Path) -> np.ndarray:
+    with _decoding(path):
+        return _read_png_uint16(path)
+
+
+def _read_png_uint16(path: Path) -> np.ndarray:
     """A PNG at full bit depth as uint16, (H, W) or (H, W, C) in file channel order.
 
     Pillow decodes 16-bit RGB PNGs to 8-bit RGB by keeping the high byte of every sample,
