@@ -66,7 +66,15 @@ def evaluate_layers(pred_layer, label_layer, threshold: float = 0.5) -> dict:
     if not 0.0 < float(threshold) < 1.0:
         raise InputError(f"Threshold {threshold} must lie strictly between 0 and 1.")
     prob, labels = aligned_volumes(pred_layer, label_layer)
-    return evaluate_volumes(prob, labels, float(threshold))
+    try:
+        return evaluate_volumes(prob, labels, float(threshold))
+    except InputError as err:
+        if "--instances" not in str(err):
+            raise
+        # the library speaks of the CLI's flag; here the fix is picking another layer
+        raise InputError(f"The prediction layer '{layer_name(pred_layer)}' holds whole numbers "
+                         "(an image or labels), not probabilities in [0, 1]; pick a "
+                         "probability layer, e.g. one the Predict widget made.") from None
 
 
 def table_rows(metrics: dict) -> list[tuple[str, str, str]]:

@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableW
 
 from ._evaluate import ROWS, evaluate_layers, table_rows
 from ._plot import SlicePlot
-from ._qt_common import Failure, guarded, layer_combo, notify_error, start_worker
+from ._qt_common import TWINS_TAG, Failure, guarded, layer_combo, notify_error, start_worker
 
 
 class EvaluateWidget(Container):
@@ -57,7 +57,9 @@ class EvaluateWidget(Container):
 
     @staticmethod
     def _is_truth(layer) -> bool:
-        return isinstance(layer, Labels) and not layer.name.endswith(" prediction")
+        """A labels layer that is neither a thresholded prediction nor a twins block mask."""
+        return (isinstance(layer, Labels) and not layer.name.endswith(" prediction")
+                and TWINS_TAG not in (layer.metadata or {}))
 
     def _select_defaults(self):
         """Prefer a probability layer and a labels layer, so two clicks are rarely needed."""

@@ -56,6 +56,10 @@ def load_networks(path, device="cpu") -> RunNetworks:
     ckpt = checkpoint_path(path)
     state = load_checkpoint(ckpt, "cpu")
     cfg = config_from_dict(state["config"])
+    if cfg.data.kind != "em" or cfg.model.num_classes != 1 or cfg.model.in_channels > 1:
+        raise CheckpointError(f"'{ckpt}' was trained on {cfg.data.kind} images "
+                              f"({cfg.model.num_classes} classes), not on grey EM volumes; "
+                              "give a checkpoint of an EM run.")
 
     def build(weights):
         net = build_model(cfg.model, cfg.dims)

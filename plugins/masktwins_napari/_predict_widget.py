@@ -90,8 +90,10 @@ class PredictWidget(CheckpointField, Container):
         if quiet and (not text or not Path(text).expanduser().exists()):
             return None
         loaded = load_predictor(text, pick_device(self._device.value), self._which.value)
+        fresh = self._loaded_key is None or key[:2] != self._loaded_key[:2]
         self._loaded, self._loaded_key = loaded, key
-        self._window.value = ",".join(str(r) for r in loaded.roi)
+        if fresh:  # another network: its training window; a device change keeps the user's
+            self._window.value = ",".join(str(r) for r in loaded.roi)
         self._ckpt_info.value = (f"{loaded.config.method}, {loaded.dims}D, iteration "
                                  f"{loaded.iteration} ({loaded.path.name})")
         return loaded

@@ -107,6 +107,11 @@ def layer_combo(viewer, label: str, kinds=(Image,)) -> ComboBox:
     return combo
 
 
+# Metadata key of every layer the Masked twins widget makes: Evaluate never takes its block
+# mask (a Labels layer) for ground truth.
+TWINS_TAG = "masktwins_twins"
+
+
 def replace_layer(viewer, name: str, data, kind: str = "image", **kwargs):
     """Update the layer called ``name`` in place when it exists with the same kind, else add it."""
     existing = viewer.layers[name] if name in viewer.layers else None

@@ -26,6 +26,9 @@ def check_mode(mode: str, block, image_is_2d: bool, network_dims: int | None) ->
                          "blocks).")
     if any(int(b) < 1 for b in block):
         raise InputError(f"Block size {tuple(block)} must be at least 1 voxel on every axis.")
+    if network_dims == 3 and image_is_2d:  # no mode fits: say so before suggesting one
+        raise InputError("The checkpoint holds a 3D network but the image layer is a single 2D "
+                         "image; give a 2D checkpoint, or open a stack of slices.")
     if mode == "3D" and image_is_2d:
         raise InputError("The image layer is 2D, so 3D voxel-block masks do not apply; choose "
                          "mode 2D.")

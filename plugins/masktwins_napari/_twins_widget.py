@@ -16,8 +16,8 @@ from masktwins_bio.errors import MaskTwinsError
 from ._layers import (cap_region, grow_region, is_2d, layer_volume, pick_region, placement,
                       read_region)
 from ._models import device_choices, load_networks, pick_device
-from ._qt_common import (CheckpointField, Failure, guarded, layer_combo, layer_stats,
-                         notify_error, replace_layer, start_worker)
+from ._qt_common import (TWINS_TAG, CheckpointField, Failure, guarded, layer_combo,
+                         layer_stats, notify_error, replace_layer, start_worker)
 from ._twins import check_mode, compute_twins
 
 # Twins are for looking at: keep crops interactive whatever the layer's size.
@@ -27,6 +27,8 @@ GAP = 8  # voxels between tiles in the side-by-side layout
 SHORT_TITLES = {"crop": "crop + M", "twin A (x·M)": "A = x·M", "twin B (x·(1−M))": "B = x·(1−M)",
                 "teacher on image": "teacher(x)", "student on A": "student(A)",
                 "student on B": "student(B)", "disagreement |pA−pB|": "|pA − pB|"}
+MASK_TITLE = "mask M (1 = in twin A)"
+TILE_TITLES = (*SHORT_TITLES, MASK_TITLE)
 
 
 class MaskedTwinsWidget(CheckpointField, Container):
@@ -99,8 +101,11 @@ class MaskedTwinsWidget(CheckpointField, Container):
         if quiet and not Path(text).expanduser().exists():
             return None
         nets = load_networks(text, pick_device(self._device.value))
+        fresh = self._networks_key is None or self._networks_key[0] != text
         self._networks, self._networks_key = nets, key
         self._ckpt_info.value = nets.describe()
+        if not fresh:  # the same run on another device: the user's mask settings stay
+            return nets
         cfg = nets.config
         block = list(cfg.block)[-3:]  # as trained (the default block follows the crop)
         block = [1] * (3 - len(block)) + block
@@ -134,7 +139,8 @@ class MaskedTwinsWidget(CheckpointField, Container):
         check_mode(mode, block, is_2d(layer), nets.dims if nets else None)
         depth = self._slices.value
         region = pick_region(layer, self._viewer, self._region.value, depth)
-        z_limit = MAX_SLICES if mode == "3D" else max(1, depth)
+        # "slices" sizes a view or slice crop; the whole layer is capped only by MAX_SLICES
+        z_limit = MAX_SLICES if mode == "3D" or self._region.value == "layer" else max(1, depth)
         region = cap_region(region, (z_limit, MAX_YX, MAX_YX), volume.shape)
         if nets is not None:
             roi = nets.roi if nets.dims == 3 else (1, *nets.roi)
@@ -182,7 +188,7 @@ class MaskedTwinsWidget(CheckpointField, Container):
                  ("twin B (x·(1−M))", out.twin_b, "image", 0, 2, {"contrast_limits": limits})]
         if side:
             tiles.insert(0, ("crop", out.image, "image", 0, 0, {"contrast_limits": limits}))
-        tiles.insert(1 if side else 0, ("mask M (1 = in twin A)", out.visible, "labels", 0, 0,
+        tiles.insert(1 if side else 0, (MASK_TITLE, out.visible, "labels", 0, 0,
                                         {"opacity": 0.3}))
         if out.pred_a is not None:
             tiles += [("teacher on image", out.teacher, "image", 1, 0, prob),
@@ -190,6 +196,11 @@ class MaskedTwinsWidget(CheckpointField, Container):
                       ("student on B", out.pred_b, "image", 1, 2, prob),
                       ("disagreement |pA−pB|", out.disagreement, "image", 1, 3,
                        {"contrast_limits": (0.0, 1.0), "colormap": "inferno"})]
+        produced = {t[0] for t in tiles}
+        for title in TILE_TITLES:  # an earlier run's tiles this one has not (its networks)
+            name = f"{layer.name} {title}"
+            if title not in produced and name in self._viewer.layers:
+                self._viewer.layers.remove(name)
         added = []
         for title, data, kind, row, col, style in tiles:
             translate = list(origin)
@@ -198,7 +209,8 @@ class MaskedTwinsWidget(CheckpointField, Container):
                 translate[-1] += col * step[1]
             added.append(replace_layer(self._viewer, f"{layer.name} {title}",
                                        data[0] if squeeze else data, kind,
-                                       scale=base["scale"], translate=tuple(translate), **style))
+                                       scale=base["scale"], translate=tuple(translate),
+                                       metadata={TWINS_TAG: title}, **style))
         for layer_ in added:
             layer_.visible = side or layer_ is added[0] or layer_ is added[-1]
         self._annotate(layer, base, region, squeeze, side, tiles, origin, step)

@@ -139,6 +139,116 @@ def test_bad_input_gives_one_sentence_not_a_traceback(make_napari_viewer, qtbot,
     assert all(not tb for _, _, tb in notes())
 
 
+def test_a_second_twins_run_shows_only_its_own_tiles(make_napari_viewer, qtbot,
+                                                     tiny_checkpoints, target_volume):
+    """Run 1 with networks, run 2 without: run 1's predictions used to stay beside run 2's
+    new mask, as if they belonged to it."""
+    viewer = make_napari_viewer()
+    viewer.add_image(target_volume[0], name="em")
+    w = _dock(viewer, "Masked twins")
+    w._checkpoint.value = str(tiny_checkpoints[2])
+    w.run()
+    _wait(qtbot, lambda: w.last_result is not None and w._run.enabled)
+    assert "em student on A" in viewer.layers
+    w._checkpoint.value = None
+    w._seed.value = 5
+    w.last_result = None
+    w.run()
+    _wait(qtbot, lambda: w.last_result is not None and w._run.enabled)
+    for title in ("student on A", "student on B", "teacher on image", "disagreement |pA−pB|"):
+        assert f"em {title}" not in viewer.layers
+    np.testing.assert_array_equal(viewer.layers["em mask M (1 = in twin A)"].data,
+                                  w.last_result.visible)
+
+
+def test_twins_of_the_whole_layer_cover_every_slice_in_2d_mode(make_napari_viewer, qtbot,
+                                                               target_volume):
+    viewer = make_napari_viewer()
+    viewer.add_image(target_volume[0], name="em")
+    w = _dock(viewer, "Masked twins")
+    w._region.value = "layer"  # "slices" stays 1: it sizes view and slice crops only
+    w.run()
+    _wait(qtbot, lambda: w.last_result is not None)
+    np.testing.assert_array_equal(w.last_result.image, target_volume[0])
+
+
+def test_a_device_change_keeps_the_users_window_and_mask_settings(make_napari_viewer, qtbot,
+                                                                  tiny_checkpoints):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((2, 64, 96)).astype(np.float32),
+                     name="em")
+    p = _dock(viewer, "Predict")
+    p._checkpoint.value = str(tiny_checkpoints[2])
+    assert p._window.value == "32,32"  # the training window, filled in on load
+    p._window.value = "64,64"
+    p._device.value = "cpu"
+    p.run()
+    _wait(qtbot, lambda: p.last_prediction is not None and p._run.enabled)
+    assert list(viewer.layers["em probability"].metadata["masktwins_bio"]["window"]) == [64, 64]
+    t = _dock(viewer, "Masked twins")
+    t._checkpoint.value = str(tiny_checkpoints[2])
+    t._by.value = t._bx.value = 4
+    t._ratio.value = 0.25
+    t._device.value = "cpu"
+    t.run()
+    _wait(qtbot, lambda: t.last_result is not None and t._run.enabled)
+    assert (t._by.value, t._bx.value, t._ratio.value) == (4, 4, 0.25)
+
+
+def test_evaluate_never_takes_the_twins_mask_for_ground_truth(make_napari_viewer, qtbot,
+                                                              target_volume):
+    viewer = make_napari_viewer()
+    image, labels = target_volume
+    viewer.add_image(image, name="em")
+    ev = _dock(viewer, "Evaluate")  # docked first: it follows what is added
+    tw = _dock(viewer, "Masked twins")
+    tw.run()
+    _wait(qtbot, lambda: tw.last_result is not None)
+    viewer.add_labels(labels.astype(np.uint8), name="truth")
+    assert ev._labels.value.name == "truth"
+    ev2 = _dock(viewer, "Evaluate")  # docked after both
+    assert ev2._labels.value.name == "truth"
+
+
+def test_widget_errors_speak_of_layers_and_checkpoints_not_cli_flags(
+        make_napari_viewer, qtbot, notes, tiny_checkpoints, tmp_path):
+    from masktwins_bio.config import build_config
+    from masktwins_bio.models import build_model
+    from masktwins_bio.train.checkpoint import save_checkpoint
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    viewer.add_image((rng.random((3, 32, 32)) * 255).astype(np.uint8), name="raw")
+    viewer.add_labels((rng.random((3, 32, 32)) > 0.8).astype(np.uint8), name="truth")
+    ev = _dock(viewer, "Evaluate")
+    ev._pred.value = viewer.layers["raw"]  # the raw image, not a probability layer
+    n = len(notes())
+    ev.run()
+    _wait(qtbot, lambda: len(notes()) > n)
+    message = notes()[-1][1]
+    assert "pick a probability layer" in message and "--instances" not in message
+
+    tw = _dock(viewer, "Masked twins")  # a 3D network on a single 2D image: no mode fits
+    viewer.add_image(rng.random((32, 32)).astype(np.float32), name="plane")
+    tw._image.value = viewer.layers["plane"]
+    tw._checkpoint.value = str(tiny_checkpoints[3])
+    for mode in ("2D", "3D"):
+        tw._mode.value = mode
+        assert tw.run() is None
+        assert "3D network but the image layer is a single 2D image" in notes()[-1][1]
+
+    cfg = build_config({"data": {"kind": "natural", "crop": [64, 64]}, "model": {
+        "num_classes": 19, "in_channels": 3, "channels": [4, 8, 16], "strides": [2, 2]}})
+    scenes = tmp_path / "scenes.pt"  # a driving-scene run: RGB in, 19 classes out
+    save_checkpoint({"iteration": 1, "config": cfg.to_dict(), "teacher": None,
+                     "model": build_model(cfg.model, 2).state_dict()}, scenes)
+    tw._image.value = viewer.layers["raw"]
+    tw._checkpoint.value = str(scenes)
+    assert tw.run() is None
+    assert "not on grey EM volumes" in notes()[-1][1]
+    assert all(not tb for _, _, tb in notes())
+
+
 # -- predict -------------------------------------------------------------------------------------
 def _cli(tmp_path, image, checkpoint):
     import tifffile
