@@ -113,9 +113,9 @@ class UDAConfig:
     warmup_iters: int = 0                   # source-only iterations before target terms switch on
     eval_model: str = "teacher"             # network that predicts: "teacher" (EMA) or "student"
     # Pseudo-labels from the teacher's mean logits over the identity and the three in-plane
-    # flips (4 teacher passes; a CPU-preset MaskTwins run takes ~50% longer with
-    # teacher_context). None: on for EM volumes, off for driving scenes (an upside-down street
-    # is no view of the data). With teacher_context, +1.5 / +4.2 IoU for MaskTwins on
+    # flips (4 teacher passes; with teacher_context a CPU-preset MaskTwins run takes 17-21
+    # minutes instead of 10-12). None: on for EM volumes, off for driving scenes (an upside-down
+    # street is no view of the data). With teacher_context, +1.6 / +4.2 IoU for MaskTwins on
     # VNC -> Lucchi / Lucchi -> VNC and as much for the baselines with a teacher (bench_uda).
     teacher_flips: bool | None = None
     # DACS class-mix (train/classmix.py): the official code's self-training term on source

@@ -349,7 +349,7 @@ def binarise_region(vol, box: tuple) -> np.ndarray:
 
 def load_labels(spec) -> np.ndarray:
     """A boolean (Z, Y, X) mask; a folder of slices is binarised slice by slice, since one
-    stack may mix 1-bit, 0/1 and anti-aliased 8-bit files (the VNC masks do)."""
+    stack may mix 1-bit, 0/1 and anti-aliased 8-bit files (the VNC masks mix 1-bit and 8-bit)."""
     if isinstance(spec, np.ndarray):
         return binarise_labels(_as_zyx(spec, "label"))
     with open_volume(spec) as vol:
