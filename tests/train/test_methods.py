@@ -46,10 +46,11 @@ def test_without_confident_only_unsure_voxels_are_trained_too():
 
 
 class FixedClassLogits(torch.nn.Module):
-    """Three classes: class 0 confident on the left half, all classes tied on the right."""
+    """The 19 driving-scene classes: class 0 confident on the left half, all tied on the
+    right."""
 
     def forward(self, x):
-        logits = torch.zeros((x.shape[0], 3, *x.shape[2:]))
+        logits = torch.zeros((x.shape[0], 19, *x.shape[2:]))
         logits[:, 0, ..., : x.shape[-1] // 2] = 8.0
         return logits
 
@@ -57,11 +58,11 @@ class FixedClassLogits(torch.nn.Module):
 def test_confident_only_ignores_unsure_pixels_for_multiclass_too():
     from masktwins_bio.train.multiclass import MultiClassLoss
 
-    cfg = build_config({"method": "mean-teacher", "model": {"num_classes": 3},
+    cfg = build_config({"method": "mean-teacher", "model": {"num_classes": 19},
                         "data": {"kind": "natural"}, "uda": {"confident_only": True}})
     torch.manual_seed(0)
-    student = torch.nn.Conv2d(1, 3, 1)
-    src_x, src_y = torch.randn(1, 1, 8, 8), torch.randint(0, 3, (1, 1, 8, 8))
+    student = torch.nn.Conv2d(1, 19, 1)
+    src_x, src_y = torch.randn(1, 1, 8, 8), torch.randint(0, 19, (1, 1, 8, 8))
     tgt = torch.randn(1, 1, 8, 8, requires_grad=True)
     out = uda_step(cfg, student, FixedClassLogits(), MultiClassLoss(), src_x, src_y,
                    tgt.detach(), tgt, torch.Generator().manual_seed(0), adapt=True)
