@@ -34,6 +34,25 @@ def fingerprint(path: Path) -> list:
     return parts
 
 
+def legacy_fingerprint(path: Path) -> list:
+    """The fingerprint as recorded before 2026-11-29 (a folder's own size and mtime, and no
+    file names), so that a job started then still resumes when its input is unchanged."""
+    parts = []
+    for p in [path, *(path / m for m in _META_FILES if path.is_dir())]:
+        if p.exists():
+            st = p.stat()
+            parts.append([p.name, st.st_size, st.st_mtime_ns])
+    if path.is_dir():
+        parts.append(["files", *_tree_summary(path)[:3]])
+    return parts
+
+
+def same_files(recorded, path: Path) -> bool:
+    """Whether ``recorded`` (a fingerprint read back from JSON) still describes ``path``, in
+    the current format or the earlier one."""
+    return recorded in (fingerprint(path), legacy_fingerprint(path))
+
+
 def _tree_summary(folder: Path) -> list:
     """[count, total bytes, newest mtime_ns, digest of the sorted relative names] of the files
     under ``folder`` (one stat each: a few ms for thousands of chunk or slice files). The names

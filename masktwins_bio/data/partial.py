@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .cache import fingerprint
+from .cache import fingerprint, same_files
 from .paths import make_folder, swap_into_place, write_json_atomic
 from .spec import parse_spec
 
@@ -46,6 +46,20 @@ def describe_inputs(specs: dict) -> dict:
         described[role] = {"path": str(parsed.path.resolve()), "key": parsed.key,
                            "options": dict(parsed.options), "files": fingerprint(parsed.path)}
     return described
+
+
+def _same_inputs_as(recorded: dict | None, run: dict) -> dict | None:
+    """``recorded`` with each input fingerprint that still describes its input (perhaps in the
+    format of an earlier version) replaced by the current one, so the two compare equal."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("inputs"), dict):
+        return recorded
+    inputs = dict(recorded["inputs"])
+    for role, now in (run.get("inputs") or {}).items():
+        before = inputs.get(role)
+        if (isinstance(before, dict) and isinstance(now, dict) and before.get("path") ==
+                now.get("path") and same_files(before.get("files"), Path(now["path"]))):
+            inputs[role] = {**before, "files": now["files"]}
+    return {**recorded, "inputs": inputs}
 
 
 class PartialOutput:
@@ -69,7 +83,7 @@ class PartialOutput:
         run = json.loads(json.dumps(run))  # as it reads back (tuples become lists)
         if os.path.lexists(self.path):
             self._claim_existing()
-            recorded = self._recorded()
+            recorded = _same_inputs_as(self._recorded(), run)
             if resume and recorded is not None and (recorded == run or not overwrite):
                 if recorded != run:
                     self.close()

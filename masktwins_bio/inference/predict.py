@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ..data.cache import same_files
 from ..data.partial import describe_inputs
+from ..data.spec import parse_spec
 from ..errors import CheckpointError, InputError
 from .allocator import limit_arenas
 from .engine import pending_works, run_tiles
@@ -135,6 +137,9 @@ def _check_resume(out: Path, run: dict, new: dict) -> None:
         if key not in run and key in _UNKNOWN_BEFORE:
             continue
         before = run.get(key, _LEGACY.get(key))
+        if key == "input_files" and before != value and same_files(
+                before, parse_spec(new["input"]).path):
+            continue  # unchanged, recorded in an earlier version's format
         if before != value and key == "input_files":
             raise InputError(f"The input '{new['input']}' changed since '{out}' was started "
                              "(its files differ); resume with the same input or pass "

@@ -237,3 +237,41 @@ def test_a_vanished_input_slice_is_named_and_the_conversion_kept(data, monkeypat
     os.replace(tmp_path / "s11.png", slices / "s11.png")  # back, as it was
     assert main(["convert", str(slices), str(out), "--resume"] + args) == 0
     assert digest(out / "0") == digest(tmp_path / "whole" / "o.ome.zarr" / "0")
+
+
+def test_a_conversion_recorded_by_an_earlier_version_still_resumes(data, monkeypatch, digest):
+    """Input fingerprints of folders changed format (2026-11-29): a stopped conversion whose
+    run.json holds the earlier form resumes while its input is unchanged, and only then."""
+    import json
+
+    import imageio.v3 as iio
+
+    from masktwins_bio.data.cache import legacy_fingerprint
+    slices = data / "slices"
+    slices.mkdir()
+    for z in range(VOL.shape[0]):
+        iio.imwrite(slices / f"s{z:02d}.png", VOL[z])
+    whole = convert_volume(slices, data / "whole" / "o.ome.zarr", **OPTIONS)
+    out = data / "o.ome.zarr"
+    with monkeypatch.context() as m:
+        _stop_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            convert_volume(slices, out, **OPTIONS)
+    record = partial.partial_path(out) / ".masktwins-convert" / "run.json"
+    run = json.loads(record.read_text())
+    run["inputs"]["image"]["files"] = legacy_fingerprint(slices)
+    record.write_text(json.dumps(run))
+    convert_volume(slices, out, resume=True, **OPTIONS)
+    assert digest(out / "0") == digest(whole / "0")
+
+    with monkeypatch.context() as m:  # the same record, but a slice rewritten since
+        _stop_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            convert_volume(slices, data / "p.ome.zarr", **OPTIONS)
+    record = partial.partial_path(data / "p.ome.zarr") / ".masktwins-convert" / "run.json"
+    run = json.loads(record.read_text())
+    run["inputs"]["image"]["files"] = legacy_fingerprint(slices)
+    record.write_text(json.dumps(run))
+    iio.imwrite(slices / "s03.png", VOL[3] // 2)
+    with pytest.raises(InputError, match="was started with other inputs"):
+        convert_volume(slices, data / "p.ome.zarr", resume=True, **OPTIONS)

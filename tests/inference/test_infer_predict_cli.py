@@ -180,6 +180,37 @@ def test_resume_refuses_a_changed_input_or_another_device(tmp_path, ckpts, volum
                                 "start again.")
 
 
+def test_resume_accepts_an_input_fingerprint_of_an_earlier_version(tmp_path, ckpts, volume,
+                                                                   monkeypatch, capsys):
+    """Folder fingerprints changed format (2026-11-29): a prediction of a slice folder stopped
+    before then resumes while the folder is unchanged."""
+    import json
+
+    import imageio.v3 as iio
+    import tifffile
+
+    from masktwins_bio.data.cache import legacy_fingerprint
+    from masktwins_bio.inference import ledger
+
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    for z, plane in enumerate(tifffile.imread(volume)):
+        iio.imwrite(slices / f"{z:03d}.tif", plane)
+    args = ["--block", "1,16,16", "--batch-size", "3"]
+
+    def stop(self, block, total):
+        raise KeyboardInterrupt
+    out = tmp_path / "stopped.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(ledger.LedgerWriter, "mark", stop)
+        assert _predict(ckpts[2], str(slices), out, *args) == 130
+    run_file = ledger.ledger_dir(out) / "run.json"
+    record = json.loads(run_file.read_text())
+    run_file.write_text(json.dumps({**record, "input_files": legacy_fingerprint(slices)}))
+    capsys.readouterr()
+    assert _predict(ckpts[2], str(slices), out, *args, "--resume") == 0
+
+
 def test_dask_local_cluster_equals_single_process(tmp_path, ckpts, volume):
     pytest.importorskip("distributed")
     args = ["--block", "2,32,48"]
