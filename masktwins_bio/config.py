@@ -197,7 +197,7 @@ class RunConfig:
         target smaller in-plane than the crop plus twice the rule's context (the 256² synthetic
         domains under 256² crops), the largest context that fits, down to none. A context the
         user set is kept as given (and a target too small for it is an error)."""
-        if self.uda.teacher_context is not None or not self.teacher_context:
+        if self.uda.teacher_context is not None:
             return
         room = min((int(s) - int(c)) // 2 for s, c in zip(target_shape[-2:], self.crop[-2:]))
         half = self.context_step

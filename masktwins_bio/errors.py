@@ -22,14 +22,28 @@ class CheckpointError(MaskTwinsError):
     """A checkpoint or run directory is missing, foreign or does not fit the job."""
 
 
-class WriteStopped(InputError):
-    """A long job could not write its output (disk full, permissions): what it finished is
-    kept, and the same command continues it once the cause is fixed."""
+class JobStopped(InputError):
+    """A long job could not go on with its files: what it finished is kept, and ``again`` says
+    how to continue once the cause is fixed."""
+    verb, fix = "use", "fix the cause"
 
     def __init__(self, path, reason, again: str = "run the same command again with --resume"):
-        self.path, self.reason = path, reason
-        super().__init__(f"Cannot write '{path}' ({reason}); free space or fix permissions, "
-                         f"then {again}.")
+        self.path, self.reason, self.again = path, reason, again
+        super().__init__(f"Cannot {self.verb} '{path}' ({reason}); {self.fix}, then {again}.")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason, self.again)
+
+
+class WriteStopped(JobStopped):
+    """The job could not write its output (disk full, permissions)."""
+    verb, fix = "write", "free space or fix permissions"
+
+
+class ReadStopped(JobStopped):
+    """The job could not read an input it had opened (a file deleted, moved or made unreadable
+    meanwhile)."""
+    verb, fix = "read", "put the input back or make it readable"
 
 
 class InputGone(InputError, OSError):
@@ -38,22 +52,21 @@ class InputGone(InputError, OSError):
     for --resume (:func:`job_stopped`), as it does on a full disk, instead of discarding it as
     a conversion that failed on its data."""
 
-    def __init__(self, err: OSError, path):
-        super().__init__(err.errno, err.strerror, os.fsdecode(path))
+    def __init__(self, err, path=None):
+        if isinstance(err, OSError):
+            super().__init__(err.errno, err.strerror,
+                             os.fsdecode(path) if path is not None else err.filename)
+        else:  # rebuilt from its message alone, as torch re-raises a DataLoader worker's error
+            super().__init__(err)
 
     def __str__(self):
+        if self.filename is None:
+            return super().__str__()
         return (f"Cannot read '{self.filename}' ({self.strerror}); put the input back or make "
                 "it readable.")
 
-
-class ReadStopped(InputError):
-    """A long job could not read an input it had opened (a file deleted, moved or unreadable
-    meanwhile): what it finished is kept, as for :class:`WriteStopped`."""
-
-    def __init__(self, path, reason, again: str = "run the same command again with --resume"):
-        self.path, self.reason = path, reason
-        super().__init__(f"Cannot read '{path}' ({reason}); put the input back or make it "
-                         f"readable, then {again}.")
+    def __reduce__(self):  # to and from worker processes, with its errno and file name
+        return type(self), (OSError(self.errno, self.strerror), self.filename)
 
 
 def job_stopped(err: OSError, out, written=(), again: str | None = None) -> InputError:

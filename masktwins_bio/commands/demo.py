@@ -54,7 +54,8 @@ def run(args) -> int:
                               f"as {key}=...: the demo builds its data and names its rows from "
                               "those flags.")
     from ..train.device import select_device
-    select_device(args.device)  # a device that is not there: said before any run folder exists
+    # a device that is not there (flag or device=... override): said before any run folder
+    select_device(build_config(base, flags, *overrides).device)
     data = demo_pair(args.dims, seed=args.seed)
     rows, timings = {}, {}
     for method in methods:

@@ -361,6 +361,8 @@ def _train(args, cfg: RunConfig, ctx, out: Path) -> int:
         t_lab = None
     else:
         source, target, t_lab = load_domains(cfg, args.data_root, ctx.rank)
+    if cfg.uda.teacher_context is None:  # no target to fit it to: the rule's value, pinned
+        cfg.uda.teacher_context = cfg.teacher_context
     if ctx.is_main and not args.resume:  # the data are fine: now an old run may be replaced
         prepare_run_dir(out, False, args.overwrite)
     barrier(ctx)

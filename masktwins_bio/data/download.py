@@ -30,7 +30,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from ..errors import InputError, WriteStopped
+from ..errors import InputError, JobStopped
 from .convert import convert_volume
 from .partial import partial_path
 from .paths import (folders_under, make_folders, remove_empty, remove_new_empty_folders,
@@ -210,8 +210,8 @@ def download_dataset(name: str, root=None, *, registry: dict | None = None,
     except BaseException as err:
         for path in staged.values():
             shutil.rmtree(path, ignore_errors=True)
-            # a Ctrl-C or a full disk keeps it for the next run
-            if not isinstance(err, (KeyboardInterrupt, WriteStopped)):
+            # a Ctrl-C, a full disk or a vanished file keeps it for the next run
+            if not isinstance(err, (KeyboardInterrupt, JobStopped)):
                 shutil.rmtree(partial_path(path), ignore_errors=True)
         for top, old in before.items():  # folders made for files that never arrived
             remove_new_empty_folders(top, old)
@@ -333,9 +333,9 @@ def _convert_splits(entry: DatasetEntry, work: Path, root: Path, staged: dict,
                            voxel_size=entry.voxel_size,
                            labels={"mito": str(labels)} if labels else None,
                            label_rule=spl.label_rule, show_progress=show)
-        except WriteStopped as err:
-            raise WriteStopped(err.path, err.reason, "run the download again: it continues "
-                               "where it stopped") from None
+        except JobStopped as err:
+            raise type(err)(err.path, err.reason, "run the download again: it continues "
+                            "where it stopped") from None
         with open_volume(out) as vol:
             shape = vol.shape
         if spl.shape and tuple(spl.shape) != tuple(shape):

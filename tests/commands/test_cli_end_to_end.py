@@ -100,6 +100,14 @@ def test_the_teacher_context_rule_fits_a_small_target(tmp_path, train_args, cli_
     assert load_yaml(tmp_path / "r2" / "config.yaml")["uda"]["teacher_context"] == 4
     cli_fails(train_args(tmp_path / "r3", extra=["data.crop=[64,64]", "uda.teacher_context=4"]),
               "The crop [72, 72] is larger than the target volume [64, 64]")  # as the user set
+    # a rule of 0 (8 px crops) and a run without a target are pinned too, never left null
+    assert main(train_args(tmp_path / "r4", extra=["data.crop=[8,8]", "mask.block=[1,4,4]"])) == 0
+    assert load_yaml(tmp_path / "r4" / "config.yaml")["uda"]["teacher_context"] == 0
+    args = train_args(tmp_path / "r5", method="source-only", target_label=False)
+    i = args.index("--target-image")
+    del args[i:i + 2]
+    assert main(args) == 0
+    assert load_yaml(tmp_path / "r5" / "config.yaml")["uda"]["teacher_context"] == 4  # 32 / 8
 
 
 def test_overrides_may_sit_between_options(tmp_path, train_args):

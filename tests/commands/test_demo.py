@@ -33,6 +33,7 @@ def test_demo_refuses_what_it_cannot_honour(tmp_path, cli_fails):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
 def test_demo_on_a_missing_gpu_leaves_nothing(tmp_path, cli_fails):
-    cli_fails(["demo", "--iters", "1", "--out", str(tmp_path / "d"), "--device", "cuda",
-               "--quiet"], "CUDA was requested but no GPU is visible")
-    assert not (tmp_path / "d").exists()
+    base = ["demo", "--iters", "1", "--out", str(tmp_path / "d"), "--quiet"]
+    for device in (["--device", "cuda"], ["device=cuda"]):  # the flag or an override
+        cli_fails(base + device, "CUDA was requested but no GPU is visible")
+        assert not (tmp_path / "d").exists()

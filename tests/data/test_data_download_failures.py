@@ -187,6 +187,40 @@ def test_full_disk_while_converting_keeps_the_conversion(tmp_path, remote, monke
     assert main(args) == 0 and is_present(registry["toy"], tmp_path)
 
 
+def test_a_file_that_vanishes_while_converting_keeps_the_conversion(tmp_path, remote,
+                                                                    monkeypatch, cli_fails):
+    """A downloaded slice removed while the conversion runs: named in one sentence that says
+    to run the download again (it has no --resume), and the converted blocks kept."""
+    import functools
+
+    from masktwins_bio.data import download, ome_zarr, partial
+    from masktwins_bio.data.download import _staged_path
+
+    monkeypatch.setattr(download, "convert_volume",
+                        functools.partial(download.convert_volume, chunks=(1, 6, 10)))
+    monkeypatch.setattr(ome_zarr, "SHARD_TARGET_BYTES", 64)  # one section per block
+    monkeypatch.setattr(ome_zarr, "BLOCK_BYTES", 100)
+    real, count = partial.PartialOutput.mark, []
+    gone = tmp_path / "toy" / "extracted" / "stack" / "raw" / "01.png"
+
+    def mark(self, array, corner):
+        real(self, array, corner)
+        count.append(1)
+        if len(count) == 1:
+            gone.unlink()
+    registry = _registry(*remote)
+    monkeypatch.setitem(reg.REGISTRY, "toy", registry["toy"])
+    args = ["download", "toy", "--data-root", str(tmp_path), "--quiet"]
+    with monkeypatch.context() as m:
+        m.setattr(partial.PartialOutput, "mark", mark)
+        cli_fails(args, f"Cannot read '{gone}' (No such file or directory); put the input back "
+                        "or make it readable, then run the download again: it continues where "
+                        "it stopped.")
+    staged = _staged_path(tmp_path / "toy", "train")
+    assert partial.partial_path(staged).is_dir() and not is_present(registry["toy"], tmp_path)
+    assert main(args) == 0 and is_present(registry["toy"], tmp_path)
+
+
 def test_a_conversion_of_other_inputs_is_started_again(tmp_path, remote, monkeypatch):
     """An unfinished conversion whose inputs changed since (a file downloaded again) is
     replaced, not continued: its blocks may hold the old data."""
