@@ -115,8 +115,9 @@ class UDAConfig:
     # Pseudo-labels from the teacher's mean logits over the identity and the three in-plane
     # flips (4 teacher passes; with teacher_context a CPU-preset MaskTwins run takes 17-21
     # minutes instead of 10-12). None: on for EM volumes, off for driving scenes (an upside-down
-    # street is no view of the data). With teacher_context, +1.6 / +4.2 IoU for MaskTwins on
-    # VNC -> Lucchi / Lucchi -> VNC and as much for the baselines with a teacher (bench_uda).
+    # street is no view of the data). With teacher_context, MaskTwins moved -0.4 / +4.3 IoU on
+    # VNC -> Lucchi / Lucchi -> VNC (seeds 0-4; +1.6 / +4.2 on seeds 0-2), the baselines with a
+    # teacher as much (bench_uda).
     teacher_flips: bool | None = None
     # DACS class-mix (train/classmix.py): the official code's self-training term on source
     # classes pasted onto the target. Off by default (METHOD.md: optional); one more student
