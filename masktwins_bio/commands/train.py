@@ -186,6 +186,19 @@ def load_domains(cfg: RunConfig, data_root: str | None = None, rank: int = 0):
     return source, target, t_lab
 
 
+# Keys added after runs were saved, with the value every run saved before them trained with:
+# a resume of such a run must not pick up a default rule the run never had.
+ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "teacher_context"): 0}
+
+
+def _with_keys_added_later(saved: dict) -> dict:
+    for (section, key), value in ADDED_LATER.items():
+        part = saved.setdefault(section, {})
+        if isinstance(part, dict) and key not in part:
+            part[key] = value
+    return saved
+
+
 def _resolve_config(args) -> RunConfig:
     flags = {"method": args.method, "dims": args.dims, "iters": args.iters, "seed": args.seed,
              "device": args.device}
@@ -206,7 +219,7 @@ def _resolve_config(args) -> RunConfig:
             raise InputError(f"Nothing to resume in '{args.out}' (no config.yaml); start the "
                              "run without --resume.")
         # The saved config is the base; only the budget and device may change on resume.
-        base = build_config(load_yaml(saved))
+        base = build_config(_with_keys_added_later(load_yaml(saved)))
         new = build_config(*layers)
         if any(layer for layer in layers):
             changed = _changed_keys(base.to_dict(), new.to_dict(), allowed={"iters", "device"},

@@ -118,3 +118,19 @@ def test_overrides_may_sit_between_options(tmp_path, train_args):
     assert main(args) == 0
     saved = load_yaml(run / "config.yaml")
     assert saved["mask"]["ratio"] == 0.4 and saved["uda"]["ema"] == 0.9
+
+
+def test_a_run_saved_before_the_teacher_keys_resumes_with_that_teacher(tmp_path, train_args):
+    """config.yaml of runs saved before uda.teacher_flips/teacher_context existed lacks them;
+    those runs trained with the official teacher, which a resume must keep (not the rule)."""
+    run = tmp_path / "run"
+    args = train_args(run, extra=["uda.teacher_flips=false", "uda.teacher_context=0"])
+    assert main(args) == 0
+    saved = load_yaml(run / "config.yaml")
+    del saved["uda"]["teacher_flips"], saved["uda"]["teacher_context"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    resume = args[:args.index("--method")] + ["--out", str(run), "--resume", "--iters", "4",
+                                              "--device", "cpu", "--quiet"]
+    assert main(resume) == 0
+    uda = load_yaml(run / "config.yaml")["uda"]
+    assert uda["teacher_flips"] is False and uda["teacher_context"] == 0
