@@ -20,6 +20,10 @@ METHODS = ("source-only", "mean-teacher", "mic", "rmask", "masktwins")
 MODELS = ("unet", "basicunet", "flexibleunet")
 BLOCK_FRACTION = 16  # default mask block: this fraction of the crop side (METHOD.md)
 CONTEXT_FRACTION = 8  # default teacher context per in-plane side: this fraction of the crop side
+# Keys added after runs were saved (and benchmark runs cached), with the value every run saved
+# before them trained with: a resume must not pick up a default rule the run never had.
+ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
+               ("uda", "teacher_context"): 0}
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from masktwins_bio.config import METHODS, build_config, load_yaml  # noqa: E402
+from masktwins_bio.config import ADDED_LATER, METHODS, build_config, load_yaml  # noqa: E402
 from masktwins_bio.data.paths import write_json_atomic  # noqa: E402
 from masktwins_bio.train.methods import USES_MASKS, USES_TEACHER  # noqa: E402
 
@@ -72,10 +72,8 @@ def commit() -> str:
         return "unknown"
 
 
-# Config keys added after runs were cached, with the value every earlier run had: left out of
-# the key while they hold it, so adding an option does not orphan the cache.
-ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
-               ("uda", "teacher_context"): 0}
+# Config keys added after runs were cached (config.ADDED_LATER) are left out of a run's key
+# while they hold the value every earlier run had, so adding an option does not orphan the cache.
 
 
 # The uda options only a teacher reads (source-only draws no target crops either).

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import (METHODS, RunConfig, build_config, divisor, load_yaml, pin_rules,
-                      save_yaml)
+from ..config import (ADDED_LATER, METHODS, RunConfig, build_config, divisor, load_yaml,
+                      pin_rules, save_yaml)
 from ..errors import ConfigError, InputError
 from ._common import clear_run, config_layers, prepare_run_dir
 
@@ -184,11 +184,6 @@ def load_domains(cfg: RunConfig, data_root: str | None = None, rank: int = 0):
         raise InputError(f"The target image has shape {target.image.shape} but the target labels "
                          f"have shape {t_lab.shape}; give labels of the same volume.")
     return source, target, t_lab
-
-
-# Keys added after runs were saved, with the value every run saved before them trained with:
-# a resume of such a run must not pick up a default rule the run never had.
-ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "teacher_context"): 0}
 
 
 def _with_keys_added_later(saved: dict) -> dict:

@@ -22,29 +22,26 @@ _META_FILES = ("zarr.json", ".zarray", ".zattrs")
 
 
 def fingerprint(path: Path) -> list:
-    parts = []
     # Not a folder's own mtime: the names cover what it records (files added, removed or
     # renamed), and a slice moved away and back (a failed job's cause, fixed) matches again.
-    for p in [path] if not path.is_dir() else [path / m for m in _META_FILES]:
-        if p.exists():
-            st = p.stat()
-            parts.append([p.name, st.st_size, st.st_mtime_ns])
-    if path.is_dir():
-        parts.append(["files", *_tree_summary(path)])
-    return parts
+    if not path.is_dir():
+        return _stats([path])
+    return _stats([path / m for m in _META_FILES]) + [["files", *_tree_summary(path)]]
+
+
+def _stats(paths) -> list:
+    """[name, size, mtime_ns] of each of ``paths`` that exists."""
+    return [[p.name, st.st_size, st.st_mtime_ns] for p in paths if p.exists()
+            for st in [p.stat()]]
 
 
 def legacy_fingerprint(path: Path) -> list:
     """The fingerprint as recorded before 2026-11-29 (a folder's own size and mtime, and no
     file names), so that a job started then still resumes when its input is unchanged."""
-    parts = []
-    for p in [path, *(path / m for m in _META_FILES if path.is_dir())]:
-        if p.exists():
-            st = p.stat()
-            parts.append([p.name, st.st_size, st.st_mtime_ns])
-    if path.is_dir():
-        parts.append(["files", *_tree_summary(path)[:3]])
-    return parts
+    if not path.is_dir():
+        return _stats([path])
+    return (_stats([path, *(path / m for m in _META_FILES)])
+            + [["files", *_tree_summary(path)[:3]]])
 
 
 def same_files(recorded, path: Path) -> bool:

@@ -147,6 +147,18 @@ def test_full_disk_stops_with_a_sentence_and_resumes(tmp_path, ckpts, volume, mo
     assert a[:].tobytes() == b[:].tobytes()
 
 
+def _stopped_prediction(monkeypatch, checkpoint, source, out, args):
+    """``out`` of a prediction of ``source`` interrupted (Ctrl-C) at its first finished block."""
+    from masktwins_bio.inference import ledger
+
+    def stop(self, block, total):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(ledger.LedgerWriter, "mark", stop)
+        assert _predict(checkpoint, str(source), out, *args) == 130
+    return out
+
+
 def test_resume_refuses_a_changed_input_or_another_device(tmp_path, ckpts, volume, monkeypatch,
                                                           cli_error, capsys):
     """A resumed run must compute its missing blocks as the stopped run computed the others."""
@@ -158,13 +170,7 @@ def test_resume_refuses_a_changed_input_or_another_device(tmp_path, ckpts, volum
     src = tmp_path / "vol.tif"
     shutil.copy(volume, src)
     args = ["--block", "1,16,16", "--batch-size", "3"]
-
-    def stop(self, block, total):
-        raise KeyboardInterrupt
-    out = tmp_path / "stopped.zarr"
-    with monkeypatch.context() as m:
-        m.setattr(ledger.LedgerWriter, "mark", stop)
-        assert _predict(ckpts[2], str(src), out, *args) == 130
+    out = _stopped_prediction(monkeypatch, ckpts[2], src, tmp_path / "stopped.zarr", args)
     capsys.readouterr()
     run_file = ledger.ledger_dir(out) / "run.json"
     record = json.loads(run_file.read_text())
@@ -197,13 +203,7 @@ def test_resume_accepts_an_input_fingerprint_of_an_earlier_version(tmp_path, ckp
     for z, plane in enumerate(tifffile.imread(volume)):
         iio.imwrite(slices / f"{z:03d}.tif", plane)
     args = ["--block", "1,16,16", "--batch-size", "3"]
-
-    def stop(self, block, total):
-        raise KeyboardInterrupt
-    out = tmp_path / "stopped.zarr"
-    with monkeypatch.context() as m:
-        m.setattr(ledger.LedgerWriter, "mark", stop)
-        assert _predict(ckpts[2], str(slices), out, *args) == 130
+    out = _stopped_prediction(monkeypatch, ckpts[2], slices, tmp_path / "stopped.zarr", args)
     run_file = ledger.ledger_dir(out) / "run.json"
     record = json.loads(run_file.read_text())
     run_file.write_text(json.dumps({**record, "input_files": legacy_fingerprint(slices)}))
