@@ -7,12 +7,18 @@ per-volume normalisation (``compute_stats`` of the whole layer), the same block 
 write), so a widget run over the whole layer writes the CLI's bytes. The layer is read lazily,
 window row by window row (numpy, dask, zarr or one level of a multiscale pyramid). The output is
 a numpy array when it fits comfortably in memory, else a zarr array in a temporary folder that
-napari shows lazily. What this module adds: the number of forward passes known beforehand, a
+napari shows lazily. Such a scratch folder lives as long as a layer can show it: it is deleted
+when its job is cancelled or fails, when the widget shows a newer result in its place
+(``discard_scratch``) and, for whatever is left, when the Python process exits. What this module
+adds: the number of forward passes known beforehand, a
 tick after each pass and a cancel check before each one.
 """
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +31,67 @@ from ._layers import Region, RegionView, layer_name
 
 # Results up to this fraction of the free memory stay in memory; larger ones go to zarr.
 IN_MEMORY_FRACTION = 0.25
+
+# Temporary folders of out-of-core results this process made (never a folder the user chose):
+# a 4096² x 500 probability is 33 GB, so each one goes as soon as no layer shows it. Layers that
+# show one name it in their metadata under SCRATCH_TAG.
+SCRATCH_TAG = "masktwins_scratch"
+_SCRATCH: set[Path] = set()   # made, not yet deleted
+_SHOWN: set[Path] = set()     # of those, the ones a layer has shown (a running job's are not)
+_SCRATCH_LOCK = threading.Lock()
+
+
+def scratch_folder() -> Path:
+    """A new temporary folder for one out-of-core result, removed at the latest at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="masktwins-napari-"))
+    with _SCRATCH_LOCK:
+        _SCRATCH.add(folder)
+    return folder
+
+
+def discard_scratch(folder: Path | None) -> None:
+    """Delete ``folder`` if it is one of this process's scratch folders; anything else (a folder
+    the user chose, None) is left alone."""
+    with _SCRATCH_LOCK:
+        if folder not in _SCRATCH:
+            return
+        _SCRATCH.discard(folder)
+        _SHOWN.discard(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def scratch_of(result) -> Path | None:
+    """The scratch folder holding an out-of-core result (a zarr array), else None."""
+    root = getattr(getattr(result, "store", None), "root", None)
+    if root is None:
+        return None
+    folder = Path(root).parent
+    with _SCRATCH_LOCK:
+        return folder if folder in _SCRATCH else None
+
+
+def mark_shown(folder: Path) -> None:
+    """``folder``'s result is on layers now: it goes when the last of them does."""
+    with _SCRATCH_LOCK:
+        if folder in _SCRATCH:
+            _SHOWN.add(folder)
+
+
+def release_unshown(layers) -> None:
+    """Delete the shown scratch folders that none of ``layers`` names any more (replaced or
+    removed layers)."""
+    named = {Path(m[SCRATCH_TAG]) for layer in layers
+             if SCRATCH_TAG in (m := (getattr(layer, "metadata", None) or {}))}
+    with _SCRATCH_LOCK:
+        gone = [f for f in _SHOWN if f not in named]
+    for folder in gone:
+        discard_scratch(folder)
+
+
+@atexit.register
+def _discard_all_scratch() -> None:
+    for folder in list(_SCRATCH):
+        discard_scratch(folder)
 
 
 class Cancelled(Exception):
@@ -132,14 +199,19 @@ class PredictionPlan:
         if cancelled():
             raise Cancelled()
         predictor = _WatchedPredictor(self._predictor(), tick, cancelled)
+        folder = None
         if self.in_memory:
             sink = ArraySink(self.region.shape)
         else:
-            folder = Path(self.out_dir or tempfile.mkdtemp(prefix="masktwins-napari-"))
+            folder = Path(self.out_dir) if self.out_dir else scratch_folder()
             sink = ZarrArraySink(folder / "probability.zarr", self.region.shape,
                                  self.block_plan.block)
         source = RegionView(self.volume, self.region)
-        run_tiles(pending_works(self.block_plan, set()), source, self.stats, predictor, sink)
+        try:
+            run_tiles(pending_works(self.block_plan, set()), source, self.stats, predictor, sink)
+        except BaseException:  # cancelled or failed: no layer will show this partial result
+            discard_scratch(folder)
+            raise
         return sink.out if isinstance(sink, ArraySink) else sink.array
 
 

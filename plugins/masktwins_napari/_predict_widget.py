@@ -17,7 +17,8 @@ from masktwins_bio.errors import InputError, MaskTwinsError
 
 from ._layers import is_2d, layer_volume, pick_region, placement
 from ._models import device_choices, load_predictor, pick_device
-from ._predict import instance_labels, plan_prediction
+from ._predict import (SCRATCH_TAG, discard_scratch, instance_labels, mark_shown, plan_prediction,
+                       release_unshown, scratch_of)
 from ._qt_common import (CANCELLED, CheckpointField, Failure, guarded, layer_combo,
                          layer_stats, notify_error, replace_layer)
 
@@ -76,6 +77,8 @@ class PredictWidget(CheckpointField, Container):
         self._which.changed.connect(self._on_checkpoint)
         self._run.clicked.connect(self.run)
         self._cancel.clicked.connect(self.cancel)
+        napari_viewer.layers.events.removed.connect(
+            lambda _event: release_unshown(napari_viewer.layers))
 
     # -- checkpoint ----------------------------------------------------------------------------
     def _checkpoint_text(self) -> str:
@@ -197,19 +200,29 @@ class PredictWidget(CheckpointField, Container):
         layer, plan, loaded = job["layer"], job["plan"], job["loaded"]
         squeeze = is_2d(layer)
         place = placement(layer, plan.region, squeeze)
+        # an out-of-core result in a scratch folder: both layers name it, and the folder goes
+        # when neither does (replaced by a newer result, or removed)
+        folder = scratch_of(prob)
         if squeeze:
             prob, labels = np.asarray(prob[0]), np.asarray(labels[0])
+            discard_scratch(folder)  # read into memory: nothing shows the folder
+            folder = None
         meta = {"masktwins_bio": {"kind": "foreground_probability",
                                   "checkpoint": str(loaded.path),
                                   "iteration": loaded.iteration,
                                   "region": [list(plan.region.start), list(plan.region.stop)],
                                   "window": list(plan.roi), "overlap": plan.overlap}}
+        scratch = {SCRATCH_TAG: str(folder)} if folder is not None else {}
+        meta.update(scratch)
         replace_layer(self._viewer, f"{layer.name} probability", prob, "image",
                       colormap="magma", contrast_limits=(0.0, 1.0), blending="additive",
                       metadata=meta, **place)
         replace_layer(self._viewer, f"{layer.name} prediction", labels, "labels",
-                      opacity=0.5, **place)
+                      opacity=0.5, metadata=scratch, **place)
         self.last_prediction = prob
+        if folder is not None:
+            mark_shown(folder)
+        release_unshown(self._viewer.layers)
         if isinstance(prob, np.ndarray):
             n = int(labels.max()) if labels.size else 0
             self._status.value = (f"done: {plan.steps} passes, mean probability "

@@ -237,6 +237,46 @@ def test_plan_cancels_between_passes(tiny_checkpoints, target_volume):
     assert len(ticks) == 2 < plan.steps
 
 
+def test_out_of_core_result_equals_in_memory_and_a_stopped_job_leaves_no_scratch(
+        tmp_path, monkeypatch, tiny_checkpoints, target_volume):
+    from masktwins_bio.data.normalize import compute_stats
+    from masktwins_napari import _predict
+    from masktwins_napari._layers import Region
+    from masktwins_napari._models import load_predictor
+    from masktwins_napari._predict import Cancelled, plan_prediction, scratch_of
+
+    image = target_volume[0]
+
+    def plan():
+        return plan_prediction(load_predictor(tiny_checkpoints[2]), FakeLayer(image), image,
+                               Region.whole(image.shape), compute_stats(image), batch_size=1)
+    in_memory = plan().run()
+    monkeypatch.setattr(_predict, "_free_memory", lambda: 1)  # nothing fits: zarr on disk
+    made = []
+    real = _predict.scratch_folder
+    monkeypatch.setattr(_predict, "scratch_folder", lambda: made.append(real()) or made[-1])
+    on_disk = plan().run()
+    folder = scratch_of(on_disk)
+    assert folder == made[0] and folder.is_dir()
+    np.testing.assert_array_equal(np.asarray(on_disk[:]), in_memory)
+
+    ticks = []
+    with pytest.raises(Cancelled):
+        plan().run(tick=lambda: ticks.append(1), cancelled=lambda: len(ticks) >= 2)
+    assert len(made) == 2 and not made[1].exists()  # the partial result is gone
+    assert folder.is_dir()  # the finished one is still shown
+
+    chosen = tmp_path / "mine"  # a folder the user chose is never deleted, even on cancel
+    ticks.clear()
+    job = plan()
+    job.out_dir = str(chosen)
+    with pytest.raises(Cancelled):
+        job.run(tick=lambda: ticks.append(1), cancelled=lambda: len(ticks) >= 2)
+    assert (chosen / "probability.zarr").is_dir() and len(made) == 2
+    _predict.discard_scratch(folder)
+    assert not folder.exists()
+
+
 def test_plan_refuses_bad_jobs(tiny_checkpoints):
     from masktwins_napari._layers import Region
     from masktwins_napari._models import load_predictor

@@ -350,6 +350,35 @@ def test_predict_can_be_cancelled(make_napari_viewer, qtbot, notes, tiny_checkpo
     assert any("cancelled" in m for _, m, _ in notes())
 
 
+def test_an_out_of_core_result_folder_lives_as_long_as_its_layers(
+        make_napari_viewer, qtbot, monkeypatch, tiny_checkpoints, target_volume):
+    from masktwins_napari import _predict
+    from masktwins_napari._predict import SCRATCH_TAG, scratch_of
+
+    monkeypatch.setattr(_predict, "_free_memory", lambda: 1)  # nothing fits: zarr on disk
+    viewer = make_napari_viewer()
+    image = target_volume[0][:3]
+    viewer.add_image(image, name="em")
+    w = _dock(viewer, "Predict")
+    w._checkpoint.value = str(tiny_checkpoints[2])
+
+    def predict():
+        w.last_prediction = None
+        w.run()
+        _wait(qtbot, lambda: w.last_prediction is not None and w._run.enabled)
+        return scratch_of(viewer.layers["em probability"].data)
+
+    first = predict()
+    assert first is not None and first.is_dir()
+    assert viewer.layers["em prediction"].metadata[SCRATCH_TAG] == str(first)
+    second = predict()  # a new result in place of the first: the first folder goes
+    assert second.is_dir() and second != first and not first.exists()
+    viewer.layers.remove("em probability")
+    assert second.is_dir()  # the labels layer still reads it
+    viewer.layers.remove("em prediction")
+    assert not second.exists()
+
+
 # -- evaluate, reader, sample data ---------------------------------------------------------------
 def test_evaluate_shows_the_library_metrics_and_per_slice_iou(make_napari_viewer, qtbot):
     from masktwins_bio.metrics import evaluate_volumes
