@@ -225,8 +225,8 @@ def _instance_overlaps(pred, gt):
             target[k] = target.get(k, 0) + c
 
     for z0 in range(0, nz, step):
-        p = np.asarray(pred[z0:z0 + step]).astype(np.uint64).ravel()
-        g = np.asarray(gt[z0:z0 + step]).astype(np.uint64).ravel()
+        p = _instance_ids(pred[z0:z0 + step], "prediction", z0)
+        g = _instance_ids(gt[z0:z0 + step], "ground truth", z0)
         add(sizes_p, *np.unique(p[p > 0], return_counts=True))
         add(sizes_g, *np.unique(g[g > 0], return_counts=True))
         both = (p > 0) & (g > 0)
@@ -235,6 +235,16 @@ def _instance_overlaps(pred, gt):
         for (a, b), c in zip(keys.tolist(), counts.tolist()):
             pairs[(a, b)] = pairs.get((a, b), 0) + c
     return sizes_p, sizes_g, pairs
+
+
+def _instance_ids(slab, role: str, z0: int) -> np.ndarray:
+    """A slab's ids as flat uint64; negative ids (a -1 'unlabelled' convention) would wrap to
+    2**64 - 1 and count as one more instance, so they are refused."""
+    a = np.asarray(slab)
+    if a.dtype.kind == "i" and a.size and a.min() < 0:
+        raise InputError(f"The {role} holds negative ids (in the slices from z={z0}); give "
+                         "instance ids >= 0, with 0 for background.")
+    return a.astype(np.uint64).ravel()
 
 
 def instance_ap(pred, gt, iou_threshold: float = 0.75, scores: dict | None = None) -> dict:

@@ -64,12 +64,12 @@ def _run_instances(args) -> int:
     """MitoEM protocol: AP at IoU 0.75 between predicted and ground-truth instances."""
     from ..data.volumes import open_volume
     from ..errors import InputError
-    from ..inference.probability import check_instance_labels
+    from ..inference.probability import TRUE_INSTANCES, check_instance_labels
     from ..metrics import instance_ap
 
     with open_volume(args.prediction) as pred, open_volume(args.labels) as gt:
         check_instance_labels(pred, args.prediction)
-        check_instance_labels(gt, args.labels)
+        check_instance_labels(gt, args.labels, TRUE_INSTANCES)
         if tuple(pred.shape) != tuple(gt.shape):
             raise InputError(f"The prediction has shape {tuple(pred.shape)} but the labels have "
                              f"shape {tuple(gt.shape)}; give labels of the same volume.")

@@ -114,10 +114,10 @@ def _segment(args, out, block) -> dict:
 def _check_label_shape(labels: str, shape) -> None:
     from ..data.volumes import open_volume
     from ..errors import InputError
-    from ..inference.probability import check_instance_labels
+    from ..inference.probability import TRUE_INSTANCES, check_instance_labels
 
     with open_volume(labels) as gt:
-        check_instance_labels(gt, labels)   # before the segmentation, not after it
+        check_instance_labels(gt, labels, TRUE_INSTANCES)  # before segmenting, not after
         if tuple(gt.shape) != tuple(shape):
             raise InputError(f"The labels have shape {tuple(gt.shape)} but the volume has "
                              f"{tuple(shape)}; give labels of the same volume.")

@@ -303,10 +303,11 @@ def load_image(spec) -> np.ndarray:
 def binarise_labels(arr: np.ndarray, where: str | None = None) -> np.ndarray:
     """A boolean mask from a label image.
 
-    bool stays as is; values only in {0, 1} → ``> 0``; 8-bit-range data reaching 128 (0/255 or
-    anti-aliased masks) → ``> 127``; anything else (integers up to 127 beyond 0/1, which are
-    instance ids, negative values, ids above 255, fractional floats) raises InputError, naming
-    ``where`` (the spec) when given.
+    bool stays as is; values only in {0, 1} → ``> 0``; uint8 data reaching 128 (0/255 or
+    anti-aliased masks) and exactly 0/255 in wider integer types → ``> 127``; anything else
+    (integers up to 127 beyond 0/1 and other values of wider types, which are instance ids,
+    negative values, ids above 255, fractional floats) raises InputError, naming ``where`` (the
+    spec) when given.
     """
     arr = np.asarray(arr)
     of = f" of '{where}'" if where else ""
@@ -321,9 +322,12 @@ def binarise_labels(arr: np.ndarray, where: str | None = None) -> np.ndarray:
                          "binarised; give a mask with values 0/1 or 0/255.")
     if lo >= 0 and hi <= 1 and (arr.dtype.kind != "f" or np.all((arr == 0) | (arr == 1))):
         return arr > 0
-    if arr.dtype.kind in "iu" and lo >= 0 and 2 <= hi <= 127:
-        # 0/255 and anti-aliased masks reach 255; small integers above 1 are instance ids,
-        # which the 8-bit rule (> 127) would turn into background without a word
+    # 0/255 and anti-aliased 8-bit masks reach 255; other integers above 1 are instance ids,
+    # which the 8-bit rule (> 127) would turn into background without a word: small ids in any
+    # type, and in types wider than 8 bits anything but exactly 0/255 (ids 1-200 of a uint16
+    # volume are no anti-aliased mask)
+    wide = arr.dtype.itemsize > 1 and hi <= 255 and not np.isin(arr, (0, 255)).all()
+    if arr.dtype.kind in "iu" and lo >= 0 and (2 <= hi <= 127 or wide):
         raise InputError(f"Label values in [{lo}, {hi}] ({arr.dtype}){of} look like instance "
                          "ids, not a mask; give a binary mask (0/1 or 0/255), or compare "
                          "instances (evaluate --instances, convert --instances).")

@@ -29,6 +29,7 @@ import glob
 import itertools
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -148,11 +149,14 @@ def _remove_stale_partials(output: Path) -> None:
     """Delete the half-written labels (and seeds) that killed runs of earlier versions left,
     named ``.OUTPUT.PID.partial`` after their writer (a live writer's stay). Today's runs
     write ``.OUTPUT.partial``, which a stopped run keeps for ``resume``."""
-    prefix = f"{output.name}."
-    for path in output.parent.glob(".*" + glob.escape(prefix) + "*.partial*"):
-        rest = path.name.lstrip(".")
-        pid = rest[len(prefix):].split(".", 1)[0] if rest.startswith(prefix) else ""
-        if pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
+    # The exact old name (plus the seeds' suffix): a looser match also took the resumable
+    # ``.OUTPUT.123.zarr.partial`` of another output named ``OUTPUT.123.zarr``.
+    old = re.compile(r"\.\.?" + re.escape(output.name)
+                     + r"\.(\d+)\.partial(\.seeds\.zarr(\.\d+\.partial)?)?")
+    for path in output.parent.glob(".*" + glob.escape(output.name) + ".*.partial*"):
+        match = old.fullmatch(path.name)
+        pid = int(match.group(1)) if match else None
+        if pid is not None and (pid == os.getpid() or not process_alive(pid)):
             remove_path(path)
 
 
@@ -345,7 +349,8 @@ def _grow(source, seeds, out, t: float, halo: int, block, partial) -> None:
         inner = _slices(b, block, shape)
         outer = tuple(slice(max(s.start - halo, 0), min(s.stop + halo, n))
                       for s, n in zip(inner, shape))
-        prob = np.asarray(source[outer], dtype=np.float32)
+        prob = np.asarray(source[outer])  # float64 maps stay exact (ProbabilityView)
+        prob = prob.astype(np.promote_types(prob.dtype, np.float32), copy=False)
         grown = watershed(-prob, markers=np.asarray(seeds[outer]), mask=prob > t)
         crop = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
         out[inner] = grown[crop].astype(np.uint32)

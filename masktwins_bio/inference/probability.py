@@ -47,21 +47,23 @@ def _where_in(key) -> str:
 
 
 class ProbabilityView:
-    """Read-only (Z, Y, X) float32 probabilities of a volume: values / ``scale``, and with
-    ``check`` every read must lie in [0, 1] (InputError naming the block otherwise)."""
+    """Read-only (Z, Y, X) probabilities of a volume: values / ``scale``, and with ``check``
+    every read must lie in [0, 1] (InputError naming the block otherwise). float64 maps stay
+    float64 (rounding to float32 would move 0.5 + 1e-9 onto a 0.5 threshold, and ``evaluate``
+    keeps them exact); every other map reads as float32."""
 
     ndim = 3
-    dtype = np.dtype(np.float32)
 
     def __init__(self, vol, scale: float = 1.0, where: str = "", check: bool = True):
         self.vol, self.scale, self.where, self.check = vol, scale, where, check
         self.shape = tuple(vol.shape)
+        self.dtype = np.dtype(np.float64 if np.dtype(vol.dtype) == np.float64 else np.float32)
 
     def __getitem__(self, key) -> np.ndarray:
         data = np.asarray(self.vol[key])
-        p = data.astype(np.float32, copy=False)
+        p = data.astype(self.dtype, copy=False)
         if self.scale != 1.0:
-            p = p / np.float32(self.scale)
+            p = p / self.dtype.type(self.scale)
         if self.check:
             self._check_range(p, key if isinstance(key, tuple) else (key,))
         return p
@@ -113,10 +115,19 @@ def evaluate_source(vol, where: str):
     return vol if scale is None else ProbabilityView(vol, scale, where, check=False)
 
 
-def check_instance_labels(vol, where: str) -> None:
-    """``evaluate --instances`` scores instance ids, which a probability map does not hold."""
+PREDICTED_INSTANCES = "prediction"   # roles of check_instance_labels
+TRUE_INSTANCES = "ground truth"
+
+
+def check_instance_labels(vol, where: str, role: str = PREDICTED_INSTANCES) -> None:
+    """Instance ids are what AP-75 scores (``evaluate --instances``, ``segment --labels``); a
+    probability map or float volume holds none. The advice depends on the volume's ``role``:
+    a prediction can be segmented, ground truth must be given as integer ids."""
     meta = prediction_attrs(vol)
     check_finished(meta, where)
     if np.dtype(vol.dtype).kind == "f" or meta.get("kind") == "foreground_probability":
+        if role == TRUE_INSTANCES:
+            raise InputError(f"'{where}' holds {vol.dtype} values, not instance labels; give "
+                             "the ground truth as integer instance ids (0 = background).")
         raise InputError(f"'{where}' holds probabilities, not instance labels; turn them into "
                          "labels with `masktwins-bio segment` first, or drop --instances.")

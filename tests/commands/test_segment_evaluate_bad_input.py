@@ -243,17 +243,41 @@ def test_instance_scoring_checks_the_ground_truth_and_its_options(tmp_path, cli_
     ids = _array(tmp_path / "ids.zarr", (_prob(seed=2) * 5).astype(np.uint16))
     float_gt = _array(tmp_path / "gt.zarr", _prob(seed=3))
     assert _evaluate(ids, float_gt, "--instances") == 2
-    assert "holds probabilities, not instance labels" in cli_error()
+    msg = cli_error()  # ground truth cannot be segmented: the advice is to give integer ids
+    assert "not instance labels; give the ground truth as integer instance ids" in msg
+    assert "segment" not in msg and "--instances" not in msg
     assert _evaluate(ids, ids, "--instances", "--threshold", "7") == 2
     assert "--threshold applies to probabilities" in cli_error()
     prob = _prediction(tmp_path / "prob.zarr", _prob())
     assert _segment(prob, tmp_path / "a.zarr", "--labels", str(float_gt)) == 2
-    assert "holds probabilities" in cli_error()
+    msg = cli_error()  # segment has no --instances to drop
+    assert "give the ground truth as integer instance ids" in msg and "--instances" not in msg
     assert not (tmp_path / "a.zarr").exists()
     assert _segment(prob, tmp_path / "b.zarr", "--method", "watershed", "--min-size", "5") == 2
     assert "--min-size applies to --method cc, not watershed" in cli_error()
     assert _segment(prob, tmp_path / "c.zarr", "--halo", "4") == 2
     assert "--halo applies to --method watershed, not cc" in cli_error()
+
+
+def test_negative_ids_are_refused_not_scored_as_one_more_instance(tmp_path, cli_error):
+    """-1 ('unlabelled') wrapped to 2**64 - 1 and was scored as a true instance: AP 0.505 for a
+    perfect prediction."""
+    gt = np.full((2, 8, 8), -1, np.int32)
+    gt[:, :3, :3] = 1
+    pred = np.where(gt > 0, gt, 0).astype(np.uint32)
+    assert _evaluate(_array(tmp_path / "pred.zarr", pred), _array(tmp_path / "gt.zarr", gt),
+                     "--instances") == 2
+    assert "The ground truth holds negative ids" in cli_error()
+
+
+def test_wide_instance_ids_are_not_read_as_an_8_bit_mask(tmp_path, cli_error):
+    """uint16 ids 1..200 passed the 0/255 rule (> 127): ids 1-127 became background and a
+    perfect prediction scored IoU 36.5."""
+    gt = np.zeros((2, 20, 20), np.uint16)
+    gt.flat[np.arange(200) * 4] = np.arange(1, 201)
+    pred = _prediction(tmp_path / "p.zarr", (gt > 0).astype(np.float32))
+    assert _evaluate(pred, _array(tmp_path / "gt.zarr", gt)) == 2
+    assert "look like instance ids" in cli_error()
 
 
 def test_json_lines_are_strict_json(tmp_path, capsys):

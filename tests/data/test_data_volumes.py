@@ -151,9 +151,14 @@ def test_binarise_rules():
         with pytest.raises(InputError, match="cannot be binarised"):
             binarise_labels(bad)
     # ids 1..3 (e.g. segment's output): the 8-bit rule (> 127) would make them background
-    for ids in (np.array([0, 1, 2, 3], np.uint32), np.array([0, 5, 127], np.uint8)):
+    # ids reaching 128-255 in a type wider than 8 bits: ids 1-127 would become background
+    wide_ids = np.arange(201, dtype=np.uint16)
+    for ids in (np.array([0, 1, 2, 3], np.uint32), np.array([0, 5, 127], np.uint8), wide_ids,
+                np.array([0, 128, 255], np.int32)):
         with pytest.raises(InputError, match="look like instance ids.*--instances"):
             binarise_labels(ids)
+    # a 0/255 mask saved as 16 bits is still a mask
+    assert binarise_labels(np.array([0, 255, 0], np.uint16)).tolist() == [0, 1, 0]
 
 
 def test_labels_binarised_per_slice(tmp_path):

@@ -68,7 +68,9 @@ def test_killed_runs_leftovers_are_removed_and_a_live_runs_kept(tmp_path):
              tmp_path / f"..ws.zarr.{dead}.partial.seeds.zarr.{dead}.partial",
              tmp_path / f".ws.zarr.{dead}.partial.seeds.zarr"]
     kept = [tmp_path / f".ws.zarr.{live}.partial", tmp_path / f".other.zarr.{dead}.partial",
-            tmp_path / ".ws.zarr.notapid.partial"]
+            tmp_path / ".ws.zarr.notapid.partial",
+            # today's resumable partial of another output, named like an old leftover
+            tmp_path / f".ws.zarr.{dead}.zarr.partial"]
     for path in stale + kept:
         (path / "c").mkdir(parents=True)
     seeded_watershed(_prob(sigma=2.0), tmp_path / "ws.zarr", 0.5, 0.6, 8, (7, 20, 23))
@@ -106,3 +108,21 @@ def test_segment_cli_with_ap(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["ap75"] == 1.0 and result["instances"] == ref.max()
     assert main(["segment", "--input", str(prob), "--output", str(out)]) == 2
+
+
+@pytest.mark.parametrize("method", [[], ["--method", "watershed", "--seed-threshold", "0.6"]])
+def test_segment_thresholds_float64_maps_exactly_as_evaluate_does(tmp_path, capsys, method):
+    """0.5 + 1e-9 is above a 0.5 threshold in float64; rounded to float32 it was not."""
+    p = np.full((1, 5, 5), 0.2)
+    p[0, 0, 0], p[0, 3, 3] = 0.5 + 1e-9, 0.9
+    if method:  # watershed: each object needs a seed above the seed threshold
+        p[0, 0, 0] = 0.6 + 1e-9
+        p[0, 0, 1] = 0.5 + 1e-9   # grown from its neighbour's seed only in float64
+    src = tmp_path / "p64.zarr"
+    zarr.create_array(store=str(src), shape=p.shape, dtype="float64", chunks=(1, 5, 5))[:] = p
+    out = tmp_path / "inst.zarr"
+    args = ["segment", "--input", str(src), "--output", str(out), "--json"]
+    assert main(args + method) == 0
+    labels = np.asarray(zarr.open_array(str(out), mode="r")[:])
+    assert labels.max() == 2
+    np.testing.assert_array_equal(labels > 0, p > 0.5)
