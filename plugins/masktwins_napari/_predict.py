@@ -7,11 +7,11 @@ per-volume normalisation (``compute_stats`` of the whole layer), the same block 
 write), so a widget run over the whole layer writes the CLI's bytes. The layer is read lazily,
 window row by window row (numpy, dask, zarr or one level of a multiscale pyramid). The output is
 a numpy array when it fits comfortably in memory, else a zarr array in a temporary folder that
-napari shows lazily. Such a scratch folder lives as long as a layer can show it: it is deleted
-when its job is cancelled or fails, when the widget shows a newer result in its place
-(``discard_scratch``) and, for whatever is left, when the Python process exits. What this module
-adds: the number of forward passes known beforehand, a
-tick after each pass and a cancel check before each one.
+napari shows lazily. Such a scratch folder lives as long as a layer shows it: it is deleted
+when its job is cancelled or fails, when no layer names it any more (replaced by a newer result,
+or removed) and, for whatever is left, when the Python process exits. What this module adds: the
+number of forward passes known beforehand, a tick after each pass and a cancel check before
+each one.
 """
 from __future__ import annotations
 
