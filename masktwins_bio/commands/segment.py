@@ -45,7 +45,7 @@ def run(args) -> int:
     from ..inference.outputs import output_path
 
     block = _check_options(args)
-    out = output_path(args.output, [args.input, args.labels], "labels.zarr")
+    out = output_path(args.output, example="labels.zarr", volumes=[args.input, args.labels])
     try:
         summary = _segment(args, out, block)
     except KeyboardInterrupt:
@@ -102,8 +102,8 @@ def _segment(args, out, block) -> dict:
         if args.labels:
             _check_label_shape(args.labels, vol.shape)
         prob.check_sample(tuple(min(b, n) for b, n in zip(block or DEFAULT_BLOCK, vol.shape)))
-        common = dict(overwrite=args.overwrite, voxel_size=vol.voxel_size, resume=args.resume,
-                      inputs=describe_inputs({"probabilities": args.input}))
+        common = dict(overwrite=args.overwrite, voxel_size=vol.output_voxel_size,
+                      resume=args.resume, inputs=describe_inputs({"probabilities": args.input}))
         if args.method == "cc":
             return label_volume(prob, out, args.threshold, args.connectivity, block,
                                 args.min_size, **common)

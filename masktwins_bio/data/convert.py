@@ -199,7 +199,7 @@ def convert_volume(src, out, *, chunks: tuple = DEFAULT_CHUNKS, overwrite: bool 
             raise
         try:
             _write(vol, label_vols, partial, resumed, chunks, levels,
-                   voxel_size or vol.voxel_size, label_rule, show_progress)
+                   voxel_size or vol.output_voxel_size, label_rule, show_progress)
         except OSError as err:  # disk full, permissions, a vanished input: kept for --resume
             raise job_stopped(err, out, (partial.path,)) from None
         except Exception:

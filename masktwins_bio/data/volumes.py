@@ -170,6 +170,15 @@ class Volume:
             from .formats.tensorstore_reader import accelerate
             accelerate(self)
 
+    @property
+    def output_voxel_size(self) -> tuple | None:
+        """(z, y, x) nm for outputs of this volume (predictions, conversions, labels): its
+        voxel size, or for a single 2D image its pixel size with a z of 1 (one section, of no
+        known thickness), so a 2D image's pixel size is not lost; None when unknown."""
+        if self.voxel_size:
+            return self.voxel_size
+        return (1.0, *self.pixel_size) if self.pixel_size else None
+
     # -- reading -------------------------------------------------------------------------------
     def _array_key(self, reads: list) -> tuple:
         key: list = [None] * (len(self._fixed) + len(self._spatial))

@@ -19,11 +19,12 @@ def is_zarr_dir(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zarray", ".zgroup"))
 
 
-def output_path(text, inputs=(), example: str = "pred.zarr") -> Path:
-    """``text`` as a Path once its name, its folder and its distance from ``inputs`` are fine.
+def output_path(text, inputs=(), example: str = "pred.zarr", volumes=()) -> Path:
+    """``text`` as a Path once its name, its folder and its distance from the inputs are fine.
 
-    ``inputs`` are volume specs or plain paths (checkpoints) the job reads; ``example`` is an
-    output name shown in the messages.
+    ``volumes`` are the volume specs the job reads, ``inputs`` other paths it reads (a
+    checkpoint, whose run directory may hold outputs); ``example`` is an output name shown in
+    the messages.
     """
     if text is None or not str(text).strip():
         raise InputError(f"An empty output path was given; give an output path ending in .zarr, "
@@ -33,7 +34,8 @@ def output_path(text, inputs=(), example: str = "pred.zarr") -> Path:
         raise InputError(f"Output '{out}' must be a folder name ending in .zarr, e.g. "
                          f"'{example}'.")
     check_parent(out)
-    check_not_an_input(out, inputs)
+    check_not_an_input(out, [*volumes, *inputs])
+    check_outside_volumes(out, volumes)
     return out
 
 
@@ -78,6 +80,20 @@ def check_not_an_input(out: Path, inputs) -> None:
         if target == src or target in src.parents:
             raise InputError(f"Output '{out}' would replace its own input '{spec}'; choose "
                              "another output path.")
+
+
+def check_outside_volumes(out: Path, volumes) -> None:
+    """An output inside a volume's folder (a zarr store, a folder of slices) would change that
+    volume: a new array in a group makes it ambiguous, new files change a slice folder's
+    fingerprint so that ``--resume`` is refused."""
+    target = out.resolve()
+    for spec in volumes:
+        if spec is None or not str(spec).strip():
+            continue
+        src = _path_of(str(spec))
+        if src in target.parents:
+            raise InputError(f"Output '{out}' lies inside its input '{spec}', which it would "
+                             "change; choose an output outside it.")
 
 
 def check_replaceable(out: Path) -> None:

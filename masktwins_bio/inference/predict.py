@@ -123,7 +123,15 @@ def _fingerprint(job: PredictJob, shape, iteration: int, checkpoint_sha256: str,
             "overlap": plan.pop("overlap"), "block": plan.pop("block"),
             "batch_size": plan.pop("batch_size"), "plan": plan, "tta": o.tta,
             "dtype": o.dtype, "threshold": o.threshold, "amp": o.amp, "optimize": o.optimize,
-            "compile": o.compile}
+            "compile": o.compile,
+            # a CPU network's last bits depend on its thread count (how sums are split)
+            "threads": o.threads if device == "cpu" else None}
+
+
+def _recorded_threads(run: dict) -> int | None:
+    """The CPU thread count a prediction was started with (earlier versions kept it in the
+    recorded options only)."""
+    return run.get("threads", (run.get("options") or {}).get("threads"))
 
 
 # Fingerprint entries that outputs begun before the entry existed were made with.
@@ -136,7 +144,12 @@ def _check_resume(out: Path, run: dict, new: dict) -> None:
     for key, value in new.items():
         if key not in run and key in _UNKNOWN_BEFORE:
             continue
-        before = run.get(key, _LEGACY.get(key))
+        before = _recorded_threads(run) if key == "threads" else run.get(key, _LEGACY.get(key))
+        if before != value and key == "threads":
+            raise InputError(f"The output '{out}' was started with --threads {before}, and "
+                             "other thread counts round differently; resume with --threads "
+                             f"{before} (or without --threads) or pass --overwrite to start "
+                             "again.")
         if key == "input_files" and before != value and same_files(
                 before, parse_spec(new["input"]).path):
             continue  # unchanged, recorded in an earlier version's format
@@ -206,8 +219,9 @@ def _check_job(options: PredictOptions, input_spec, checkpoint, output, resume: 
         raise InputError(f"--streams {streams} must be at least 1.")
     if dask:
         check_address(dask)
-    out = output_path(output, [input_spec, checkpoint],
-                      "pred.ome.zarr" if options.threshold is not None else "pred.zarr")
+    out = output_path(output, [checkpoint],
+                      "pred.ome.zarr" if options.threshold is not None else "pred.zarr",
+                      volumes=[input_spec])
     check_layout(OutputSpec(out, options.dtype, options.threshold))
     return out, check_output(out, resume, overwrite)
 
@@ -247,6 +261,7 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
                            streams)
     limit_arenas()  # before any of the job's threads exist (see allocator.py)
     dev = select_device(device)
+    asked_threads, asked_streams = options.threads, streams
     threads, streams = parallelism(dev, options.threads, streams)
     options = replace(options, threads=threads, streams=streams)
     try:
@@ -256,7 +271,7 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
                               f"({_state_dict_error(err)}); it does not run on one grey channel, "
                               "so give a checkpoint trained on grey EM volumes.") from None
     with open_volume(input_spec) as vol:
-        shape, voxel_size, ndim_source = vol.shape, vol.voxel_size, vol.ndim_source
+        shape, voxel_size, ndim_source = vol.shape, vol.output_voxel_size, vol.ndim_source
         if loaded.dims == 3 and ndim_source == 2:
             raise InputError(f"The checkpoint holds a 3D network but '{input_spec}' is a single "
                              "2D image; use a 2D run or give a volume.")
@@ -265,12 +280,18 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
         stats = run["stats"] if run else volume_stats(
             input_spec, low_pct=loaded.config.data.low_pct,
             high_pct=loaded.config.data.high_pct).to_dict()
+    if run and dev.type == "cpu" and asked_threads is None and _recorded_threads(run):
+        # a resume computes the rest with the thread count of the start, whatever this
+        # machine's core count or --streams would pick, so it writes the uninterrupted bytes
+        threads, streams = parallelism(dev, _recorded_threads(run), asked_streams)
+        options = replace(options, threads=threads, streams=streams)
     plan = make_plan(shape, loaded.roi, loaded.dims, options.overlap, options.block,
                      options.batch_size, options.budget)
     options = replace(options, compile=resolve_compile(options.compile, dev, loaded.dims,
                                                        plan.n_windows, options.optimize))
     # Absolute paths: dask workers may run elsewhere (on a shared file system).
-    job = PredictJob(os.path.abspath(str(input_spec)), str(loaded.path.resolve()), which,
+    job = PredictJob(os.path.abspath(os.path.expanduser(str(input_spec))),
+                     str(loaded.path.resolve()), which,
                      OutputSpec(out.resolve(), options.dtype, options.threshold), plan, stats,
                      options)
     fingerprint = _fingerprint(job, shape, loaded.iteration, sha256_of(loaded.path), dev.type)

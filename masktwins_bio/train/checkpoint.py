@@ -65,8 +65,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def resolve_checkpoint(path: str | Path, which: str = "auto") -> Path:
-    """A run directory -> its best checkpoint (else last); a file -> itself."""
-    p = Path(path)
+    """A run directory -> its best checkpoint (else last); a file -> itself. ``~`` is expanded
+    (a quoted path, ``--checkpoint=~/...``, the API and napari get no shell expansion)."""
+    p = Path(path).expanduser()
     if p.is_dir():
         ckdir = p / "checkpoints"
         order = {"auto": ["best.pt", "last.pt"], "best": ["best.pt"], "last": ["last.pt"]}[which]

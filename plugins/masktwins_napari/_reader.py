@@ -56,6 +56,7 @@ class LazyLayerArray:
         self.dtype = np.dtype(volume.dtype)
         self.size = int(np.prod(self.shape))
         self.voxel_size, self.pixel_size = volume.voxel_size, volume.pixel_size
+        self.output_voxel_size = volume.output_voxel_size
 
     def __getitem__(self, key):
         return self.volume[key]
@@ -74,7 +75,7 @@ def _open(spec: str) -> LazyLayerArray:
 
 
 def _scale_meta(vol) -> dict:
-    vs = vol.voxel_size or ((1.0, *vol.pixel_size) if vol.pixel_size else None)
+    vs = vol.output_voxel_size
     if not vs:
         return {}
     return {"scale": tuple(float(v) for v in vs), "units": ("nm", "nm", "nm")}

@@ -63,6 +63,9 @@ def test_segment_never_replaces_its_input_or_user_files(tmp_path, cli_error, dig
     gt = _array(tmp_path / "gt.zarr", np.ones(SHAPE, np.uint32))
     assert _segment(prob, gt, "--labels", str(gt), "--overwrite") == 2
     assert "its own input" in cli_error()
+    before = digest(prob)  # inside the input store: a new array would change that input
+    assert _segment(prob, prob / "labels.zarr") == 2
+    assert "lies inside its input" in cli_error() and digest(prob) == before
     stuff = tmp_path / "userstuff"
     stuff.mkdir()
     (stuff / "a.txt").write_text("mine")

@@ -61,6 +61,28 @@ def test_output_is_never_the_input_zarr(tmp_path, ckpts, suffix, overwrite, cli_
     assert "its own input" in cli_error() and digest(store) == before
 
 
+@pytest.mark.parametrize("kind", ["group", "group:raw", "slices"])
+def test_output_inside_an_input_folder_is_refused(tmp_path, ckpts, kind, cli_error, digest):
+    """A prediction written into the input's zarr group made the group ambiguous (two arrays)
+    for every later command; into a slice folder, its chunks changed the input's fingerprint so
+    that --resume was always refused."""
+    if kind == "slices":
+        from PIL import Image
+        src = tmp_path / "pngs"
+        src.mkdir()
+        for z in range(2):
+            Image.fromarray(np.full((40, 40), 7 * z, np.uint8)).save(src / f"{z}.png")
+        spec = str(src)
+    else:
+        src = tmp_path / "g.zarr"
+        zarr.open_group(str(src), mode="w").create_array("raw", shape=(2, 40, 40),
+                                                         dtype="uint8")[:] = 7
+        spec = f"{src}:raw" if kind.endswith(":raw") else str(src)
+    before = digest(src)
+    assert _predict(ckpts[2], spec, src / "pred.zarr") == 2
+    assert "lies inside its input" in cli_error() and digest(src) == before
+
+
 def test_bad_dask_and_streams_leave_outputs_alone(tmp_path, ckpts, small, capsys, cli_error,
                                                   digest):
     pytest.importorskip("distributed")

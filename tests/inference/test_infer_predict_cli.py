@@ -42,6 +42,28 @@ def test_ome_output_with_mask_voxel_size_and_dtypes(tmp_path, ckpts, volume):
         assert np.abs(arr[:].astype(np.float32) / scale - p).max() <= tol
 
 
+def test_home_paths_and_voxel_sizes_of_plain_and_2d_outputs(tmp_path, ckpts, volume,
+                                                            monkeypatch):
+    """'~' in --input/--checkpoint is expanded (no shell does it for a quoted path, the API or
+    napari); a plain .zarr output's voxel size reads back, and a 2D image's pixel size reaches
+    the OME-Zarr output (z of 1: one section)."""
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(volume, tmp_path / "vol.tif")
+    shutil.copy(ckpts[2], tmp_path / "net.pt")
+    plain = tmp_path / "p.zarr"
+    assert _predict("~/net.pt", "~/vol.tif", plain) == 0
+    assert open_volume(plain).voxel_size == (30.0, 8.0, 8.0)
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (40, 48), np.uint8),
+                     imagej=True, resolution=(1 / 0.008, 1 / 0.008), metadata={"unit": "um"})
+    assert open_volume(image).pixel_size == (8.0, 8.0)
+    out = tmp_path / "img.ome.zarr"
+    assert _predict(ckpts[2], str(image), out) == 0
+    assert open_volume(out).voxel_size == (1.0, 8.0, 8.0)
+
+
 def test_3d_network_and_window_larger_than_volume(tmp_path, ckpts):
     small = tmp_path / "small.tif"
     tifffile.imwrite(small, np.random.default_rng(0).integers(0, 255, (5, 20, 24), np.uint8))
@@ -157,6 +179,27 @@ def _stopped_prediction(monkeypatch, checkpoint, source, out, args):
         m.setattr(ledger.LedgerWriter, "mark", stop)
         assert _predict(checkpoint, str(source), out, *args) == 130
     return out
+
+
+def test_resume_keeps_the_thread_count_of_the_start(tmp_path, ckpts, volume, monkeypatch,
+                                                    cli_error, capsys):
+    """A CPU network's last bits depend on its thread count; --streams 1 (or a machine with
+    another core count) picked another one on resume and wrote other bytes, unrefused."""
+    from masktwins_bio.inference.store import completed
+
+    args = ["--block", "1,16,16"]
+    ref = tmp_path / "ref.zarr"
+    assert _predict(ckpts[2], volume, ref, *args) == 0          # _predict: --threads 1
+    out = _stopped_prediction(monkeypatch, ckpts[2], volume, tmp_path / "s.zarr", args)
+    capsys.readouterr()
+    resume = ["predict", "--checkpoint", str(ckpts[2]), "--input", volume, "--output", str(out),
+              "--device", "cpu", "--quiet", "--resume", *args]
+    assert main(resume + ["--threads", "2"]) == 2
+    assert "was started with --threads 1" in cli_error()
+    assert main(resume + ["--streams", "1"]) == 0   # alone, --streams 1 means every core
+    assert completed(out)["run"]["threads"] == 1
+    a, b = zarr.open_array(str(ref), mode="r"), zarr.open_array(str(out), mode="r")
+    assert a[:].tobytes() == b[:].tobytes()
 
 
 def test_resume_refuses_a_changed_input_or_another_device(tmp_path, ckpts, volume, monkeypatch,

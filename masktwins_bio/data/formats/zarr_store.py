@@ -82,7 +82,7 @@ def open_zarr(path: Path, key: str, options: dict) -> Source:
                              "the path without ':key'.")
         if level is not None:
             raise InputError(f"'{where}' is a plain array, not an OME-Zarr image; drop '#level'.")
-        return Source(node, axes=None)
+        return Source(node, axes=None, voxel_size=_toolkit_voxel_size(node))
     group = node
     if key:
         try:
@@ -113,4 +113,17 @@ def open_zarr(path: Path, key: str, options: dict) -> Source:
     if ms_list and name in [d.get("path") for d in ms_list[0].get("datasets", [])]:
         axes, voxel = _ome_meta(ms_list[0], name, node.ndim)
         return Source(node, axes=axes, voxel_size=voxel)
-    return Source(node, axes=None)
+    return Source(node, axes=None, voxel_size=_toolkit_voxel_size(node))
+
+
+def _toolkit_voxel_size(array) -> tuple | None:
+    """The voxel size (nm) the toolkit stores on a plain zarr array it wrote (a ``predict``
+    output named ``*.zarr``: ``masktwins_bio.voxel_size_nm``), so ``segment``, ``evaluate`` and
+    napari keep it; None for other arrays or a size that does not fit the array."""
+    try:
+        meta = dict(array.attrs).get("masktwins_bio") or {}
+        vs = tuple(float(v) for v in meta.get("voxel_size_nm") or ())
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return vs if len(vs) in (2, 3) and len(vs) <= array.ndim and all(v > 0 for v in vs) \
+        else None
