@@ -304,14 +304,14 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
                 "resumed_blocks": plan.n_blocks, "mean_probability": mean, "dims": loaded.dims}
     threads_before = torch.get_num_threads()
     try:
-        return _predict(job, loaded, dev, mode, fingerprint, voxel_size, shape, device, dask,
-                        quiet, input_spec)
+        return _predict(job, loaded, dev, mode, fingerprint, voxel_size, shape, dask, quiet,
+                        input_spec)
     finally:
         torch.set_num_threads(threads_before)  # a library call leaves torch as it found it
 
 
-def _predict(job: PredictJob, loaded, dev, mode, fingerprint, voxel_size, shape, device, dask,
-             quiet, input_spec) -> dict:
+def _predict(job: PredictJob, loaded, dev, mode, fingerprint, voxel_size, shape, dask, quiet,
+             input_spec) -> dict:
     out, plan, options, stats = job.output.path, job.plan, job.options, job.stats
     from .cluster import connect, run_on_dask
 
@@ -327,7 +327,9 @@ def _predict(job: PredictJob, loaded, dev, mode, fingerprint, voxel_size, shape,
         update, close = _progress(plan.n_blocks, len(done), quiet)
         try:
             if client is not None:
-                run_on_dask(job, client, done, device=device, progress=update)
+                # the device type this run is recorded with (a worker's own 'auto' could
+                # pick a GPU for a run recorded on the CPU: other bits, mixed on resume)
+                run_on_dask(job, client, done, device=dev.type, progress=update)
             else:
                 run_job(job, predictor, done=done, progress=update)
         finally:

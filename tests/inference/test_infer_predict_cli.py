@@ -254,12 +254,25 @@ def test_resume_accepts_an_input_fingerprint_of_an_earlier_version(tmp_path, ckp
     assert _predict(ckpts[2], str(slices), out, *args, "--resume") == 0
 
 
-def test_dask_local_cluster_equals_single_process(tmp_path, ckpts, volume):
+def test_dask_local_cluster_equals_single_process(tmp_path, ckpts, volume, monkeypatch):
     pytest.importorskip("distributed")
+    from masktwins_bio.inference import cluster
+
     args = ["--block", "2,32,48"]
     single, spread = tmp_path / "single.zarr", tmp_path / "dask.zarr"
     assert _predict(ckpts[2], volume, single, *args) == 0
-    assert _predict(ckpts[2], volume, spread, *args, "--dask", "local:2") == 0
+    devices, real = [], cluster.run_on_dask
+
+    def spy(*a, device, **kw):
+        devices.append(device)
+        return real(*a, device=device, **kw)
+    monkeypatch.setattr(cluster, "run_on_dask", spy)
+    assert main(["predict", "--checkpoint", ckpts[2], "--input", volume, "--output", str(spread),
+                 "--device", "auto", "--quiet", "--threads", "1", *args, "--dask",
+                 "local:2"]) == 0
+    # workers get the device type the run is recorded with, never their own 'auto'
+    assert devices == [zarr.open_array(str(spread), mode="r").attrs["masktwins_bio"]["run"]
+                       ["device"]] and devices[0] != "auto"
     a, b = zarr.open_array(str(single), mode="r"), zarr.open_array(str(spread), mode="r")
     assert a[:].tobytes() == b[:].tobytes()
     attrs = b.attrs["masktwins_bio"]
