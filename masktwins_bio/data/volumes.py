@@ -177,7 +177,8 @@ class Volume:
         known thickness), so a 2D image's pixel size is not lost; None when unknown."""
         if self.voxel_size:
             return self.voxel_size
-        return (1.0, *self.pixel_size) if self.pixel_size else None
+        # a stack of unknown z spacing keeps None: a z of 1 nm would be stored as a fact
+        return (1.0, *self.pixel_size) if self.pixel_size and self.ndim_source == 2 else None
 
     # -- reading -------------------------------------------------------------------------------
     def _array_key(self, reads: list) -> tuple:

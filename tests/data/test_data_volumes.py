@@ -274,7 +274,42 @@ def _corrupt_zarr_chunk(path):
 @pytest.mark.parametrize("reader", ["auto", "fast"])
 def test_damaged_data_is_one_sentence_naming_the_file(tmp_path, make, spec, reader):
     make(tmp_path / spec)
-    with pytest.raises(InputError, match=r"Reading '.*v\.(tif|zarr)' failed .*damaged"):
+    # a cut TIFF is refused on opening (its page table is short), a bad zarr chunk on reading
+    with pytest.raises(InputError, match=r"Reading '.*v\.(tif|zarr)' failed .*damaged|"
+                                         r"TIFF '.*v\.tif' is truncated or damaged"):
         with open_volume(str(tmp_path / spec), reader=reader) as vol:
             vol.read_many([(slice(0, 4), slice(0, 32), slice(0, 32))] * 2)
             vol.read()
+
+
+def test_tiff_damage_page_stacks_and_pixel_sizes(tmp_path):
+    """A cut-off stack opened as its first slice (tifffile falls back silently); a stack written
+    page by page (one series per page) opened as one slice; an OME-TIFF without z size got z = y;
+    micrometre resolution units were ignored and 72-dpi print settings read as 0.35 mm pixels."""
+    a = np.random.default_rng(0).integers(0, 255, (6, 20, 24), np.uint8)
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, a, compression="zlib")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    with pytest.raises(InputError, match="'.*cut.tif' is truncated or damaged"):
+        open_volume(cut)
+    pages = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(pages) as w:
+        for plane in a:
+            w.write(plane)
+    with open_volume(pages) as v:
+        assert v.shape == a.shape
+        np.testing.assert_array_equal(v[:], a)
+        np.testing.assert_array_equal(v[2:4, 5:9, 1:3], a[2:4, 5:9, 1:3])
+    ome = tmp_path / "ome.tif"
+    tifffile.imwrite(ome, a, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.01,
+                                                 "PhysicalSizeY": 0.01})
+    with open_volume(ome) as v:
+        assert v.voxel_size is None and v.pixel_size == pytest.approx((10.0, 10.0))
+        assert v.output_voxel_size is None   # a stack's unknown z is never written as 1 nm
+    um = tmp_path / "um.tif"
+    tifffile.imwrite(um, a[0], resolution=(1 / 0.0046, 1 / 0.0046), resolutionunit="MICROMETER")
+    assert open_volume(um).pixel_size == pytest.approx((4.6, 4.6))
+    dpi = tmp_path / "dpi.tif"
+    tifffile.imwrite(dpi, a[0], resolution=(72, 72), resolutionunit="INCH")
+    assert open_volume(dpi).pixel_size is None
