@@ -21,6 +21,7 @@ block (``convert``'s resume, which starts again only if its inputs changed).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -94,8 +95,11 @@ def fetch(remote: RemoteFile, folder: Path, allow_unverified: bool = False, show
     for url in remote.urls:
         try:
             _fetch_url(url, part, show, timeout)
-        except (OSError, urllib.error.URLError, ValueError) as err:
-            errors.append(f"{url}: {err}")
+        # HTTPException: a server that cuts a chunked response short (IncompleteRead) is no
+        # OSError, and must not end the download with a traceback before the other mirrors
+        except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException) as err:
+            errors.append(f"{url}: {err!r}" if isinstance(err, http.client.IncompleteRead)
+                          else f"{url}: {err}")
             continue  # keep the .part: the next run (or mirror with the same bytes) resumes
         size = part.stat().st_size
         if remote.size is not None and size != remote.size:

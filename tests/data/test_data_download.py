@@ -52,6 +52,7 @@ FILES = {**PLAIN, "good.zip": GOOD, "images.zip": IMAGES_ZIP, "masks.zip": MASKS
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     truncate = set()   # names served cut short once
+    chunked_cut = set()  # names served once as a chunked response that stops mid-chunk
     requests = []
 
     def log_message(self, *args):
@@ -63,6 +64,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = FILES.get(name)
         if data is None:
             self.send_error(404)
+            return
+        if name in _Handler.chunked_cut:
+            _Handler.chunked_cut.discard(name)
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n" % len(data) + data[: len(data) // 2])
+            self.close_connection = True
             return
         start = 0
         rng = self.headers.get("Range")
@@ -136,6 +145,17 @@ def test_truncated_download_resumes(tmp_path, server):
     _Handler.requests.clear()
     download_dataset("toy", tmp_path, registry=registry, show=False)
     assert ("good.zip", f"bytes={len(GOOD) // 2}-") in _Handler.requests
+    assert resolve("toy", root=tmp_path, registry=registry).labels
+
+
+def test_a_chunked_response_cut_short_is_a_sentence_not_a_traceback(tmp_path, server):
+    """http.client.IncompleteRead is no OSError: it escaped as a traceback (exit 1)."""
+    registry = _entry(server)
+    _Handler.chunked_cut.add("good.zip")
+    with pytest.raises(InputError, match="IncompleteRead.*run the command again"):
+        download_dataset("toy", tmp_path, registry=registry, show=False)
+    assert _nothing_complete(tmp_path)
+    download_dataset("toy", tmp_path, registry=registry, show=False)
     assert resolve("toy", root=tmp_path, registry=registry).labels
 
 
