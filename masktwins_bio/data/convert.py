@@ -25,7 +25,7 @@ from .ome_zarr import copy_blocks, create_level, downsample_level, multiscales_m
 from .partial import PartialOutput, describe_inputs
 from .paths import make_parents, remove_empty
 from .spec import parse_spec
-from .volumes import Volume, binarise_region, open_volume
+from .volumes import Volume, binarise_region, mask_threshold, open_volume
 
 DEFAULT_CHUNKS = (4, 128, 128)  # cheap 2D and 3D random crops (see tools/bench_loader.py)
 _STATS_SAMPLES = 4_000_000
@@ -109,11 +109,15 @@ class _StatsSampler:
 
 
 def _label_reader(vol: Volume, rule: str):
-    def read(b):
-        if rule == "nonzero":
-            return (vol[b] > 0).astype(np.uint8)
-        return binarise_region(vol, b).astype(np.uint8)
-    return read
+    """Block reader of a label volume as 0/1: ids > 0 ("nonzero"), or the binarisation rule of
+    the whole volume, found in one pass before anything is written (a folder of slices: file
+    by file, as load_labels does)."""
+    if rule == "nonzero":
+        return lambda b: (vol[b] > 0).astype(np.uint8)
+    threshold = mask_threshold(vol)
+    if threshold is None:
+        return lambda b: binarise_region(vol, b).astype(np.uint8)
+    return lambda b: (np.asarray(vol[b]) > threshold).astype(np.uint8)
 
 
 def _progress(total: int, what: str, show: bool):
@@ -219,16 +223,25 @@ def _write(vol: Volume, label_vols: dict, partial: PartialOutput, resumed: bool,
            voxel_size, label_rule, show_progress) -> None:
     """Write the image and its labels into the partial output, then rename it into place."""
     import zarr
+    # every label volume's rule first: one that is no mask is refused before the image is copied
+    readers = {name: _label_reader(lab, label_rule) for name, lab in label_vols.items()}
     root = zarr.open_group(str(partial.path), mode="a", zarr_format=3)  # "w" would empty it
     sampler = _StatsSampler(vol.shape, partial)
     _write_image(root, vol, vol.shape, vol.dtype, chunks, levels, voxel_size,
                  partial.out.name.split(".")[0], False, show_progress, partial, resumed,
                  sampler)
-    extra = {"source": str(vol.path), "intensity": sampler.stats(str(vol.path)).to_dict()}
+    try:
+        intensity = sampler.stats(str(vol.path)).to_dict()
+    except InputError:
+        # a constant volume, or NaN in the sample, cannot be normalised: that is for training
+        # and prediction to refuse (they compute the statistics themselves when none are
+        # stored), never a reason to throw away a finished conversion
+        intensity = None
+    extra = {"source": str(vol.path), "intensity": intensity}
     if label_vols:
         group = root.require_group("labels")
-        for name, lab in label_vols.items():
-            _write_image(group.require_group(name), _label_reader(lab, label_rule), vol.shape,
+        for name in label_vols:
+            _write_image(group.require_group(name), readers[name], vol.shape,
                          np.uint8, chunks, levels, voxel_size, name, True, show_progress,
                          partial, resumed)
             group[name].attrs["image-label"] = {"version": "0.5", "source": {"image": "../../"}}

@@ -361,6 +361,39 @@ def binarise_region(vol, box: tuple) -> np.ndarray:
                      for k in range(*z.indices(vol.shape[0]))])
 
 
+# Distinct values past which a label volume is no mask under binarise_labels' rules (uint8
+# has 256): reading stops there, and the rule refuses what it has seen.
+_MASK_VALUES = 257
+_RULE_SLAB_BYTES = 64 << 20
+
+
+def mask_threshold(vol) -> float | None:
+    """The threshold ``t`` such that ``vol > t`` is :func:`binarise_labels` of the *whole*
+    volume, read slab by slab (out of core); None for a folder of slices, which is binarised
+    file by file. InputError, as binarise_labels raises it, for a volume that is no mask.
+
+    Block-wise conversion needs this: binarise_labels chooses its rule from the values it is
+    given, so a block of an anti-aliased 0/255 mask holding only 0 and 1 would otherwise be
+    read as ``> 0`` there and ``> 127`` elsewhere."""
+    if getattr(vol._source, "per_slice", None) is not None:
+        return None
+    nz, ny, nx = vol.shape
+    step = max(1, _RULE_SLAB_BYTES // max(1, ny * nx * np.dtype(vol.dtype).itemsize))
+    seen = np.zeros(0, vol.dtype)
+    for z0 in range(0, nz, step):
+        slab = np.asarray(vol[z0:z0 + step])
+        if slab.dtype == np.uint8:  # bincount: several times faster than unique on bytes
+            values = np.flatnonzero(np.bincount(slab.ravel(), minlength=256)).astype(np.uint8)
+        else:
+            values = np.unique(slab)
+        seen = np.union1d(seen, values)
+        if seen.size >= _MASK_VALUES:
+            break
+    foreground = binarise_labels(seen, vol.path)  # the rule on every value, or its InputError
+    background = seen[~foreground]
+    return float(background.max()) if background.size else -np.inf
+
+
 def load_labels(spec) -> np.ndarray:
     """A boolean (Z, Y, X) mask; a folder of slices is binarised slice by slice, since one
     stack may mix 1-bit, 0/1 and anti-aliased 8-bit files (the VNC masks mix 1-bit and 8-bit)."""

@@ -76,3 +76,35 @@ def test_convert_cli_exit_codes(tmp_path, stack, capsys):
     assert "does not fit" in capsys.readouterr().err
     assert main(["convert", str(stack), str(tmp_path / "x.h5")]) == 2
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_labels_follow_the_whole_volume_rule_and_a_constant_image_still_converts(
+        tmp_path, stack, monkeypatch):
+    """binarise_labels chose its rule per ~128 MiB block: a block of an anti-aliased 0/255 mask
+    holding only 0 and 1 became '> 0' foreground. A volume training cannot normalise (constant)
+    was refused after the whole copy, and the copy thrown away."""
+    monkeypatch.setattr(ome_zarr, "SHARD_TARGET_BYTES", 8_192)  # many blocks
+    monkeypatch.setattr(ome_zarr, "BLOCK_BYTES", 20_000)
+    lab = np.zeros(VOL.shape, np.uint8)
+    lab[:4, 10:30, 10:40] = 255
+    lab[6:, 40:60, 50:80] = 1          # faint residue of the anti-aliasing, below 128
+    tifffile.imwrite(tmp_path / "aa.tif", lab)
+    out = convert_volume(stack, tmp_path / "o.ome.zarr", chunks=(2, 32, 32),
+                         labels={"m": str(tmp_path / "aa.tif")}, show_progress=False)
+    np.testing.assert_array_equal(load_labels(f"{out}:labels/m"), lab > 127)
+    grey = lab.copy()
+    grey[6:, 40:60, 50:80] = 60        # its blocks of 0/60 alone were refused as instance ids
+    tifffile.imwrite(tmp_path / "grey.tif", grey)
+    out = convert_volume(stack, tmp_path / "g.ome.zarr", chunks=(2, 32, 32),
+                         labels={"m": str(tmp_path / "grey.tif")}, show_progress=False)
+    np.testing.assert_array_equal(load_labels(f"{out}:labels/m"), grey > 127)
+    tifffile.imwrite(tmp_path / "ids.tif", (lab // 255).astype(np.uint16) * 7)
+    with pytest.raises(InputError, match="look like instance ids"):
+        convert_volume(stack, tmp_path / "p.ome.zarr", labels={"m": str(tmp_path / "ids.tif")},
+                       show_progress=False)
+    tifffile.imwrite(tmp_path / "zeros.tif", np.zeros((3, 20, 20), np.uint8))
+    flat = convert_volume(tmp_path / "zeros.tif", tmp_path / "z.ome.zarr", show_progress=False)
+    assert open_volume(flat).read().max() == 0
+    assert zarr.open_group(str(flat), mode="r").attrs["masktwins"]["intensity"] is None
+    with pytest.raises(InputError, match="constant intensity"):   # refused where it matters
+        volume_stats(flat)
