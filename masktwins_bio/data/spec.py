@@ -69,9 +69,12 @@ def parse_spec(spec: str | os.PathLike) -> VolumeSpec:
     text = os.path.expanduser(text)
     options: dict = {}
     if not os.path.exists(text) and "#" in text:
-        head, _, tail = text.partition("#")
-        options = _parse_options(tail, text)
-        text = head
+        # options start at the first '#' whose left part (less any ':key') exists, so a name
+        # holding '#' (scan#2.tif) still takes them: 'scan#2.tif#channel=0'
+        cuts = [i for i, ch in enumerate(text) if ch == "#"]
+        cut = next((i for i in cuts if os.path.exists(_split_key(text[:i])[0])), cuts[0])
+        options = _parse_options(text[cut + 1:], text)
+        text = text[:cut]
     path, key = _split_key(text)
     if not os.path.exists(path):
         raise InputError(f"No such file or folder: '{path}'; check the path.")

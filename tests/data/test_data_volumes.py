@@ -111,6 +111,11 @@ def test_rgb_and_4d_need_a_channel(tmp_path):
     with pytest.raises(InputError, match="#channel=0"):
         open_volume(tmp_path / "rgb.png")
     np.testing.assert_array_equal(load_image(f"{tmp_path}/rgb.png#channel=2")[0], rgb[..., 2])
+    # a name holding '#' takes options after its own name (the error's advice works)
+    Image.fromarray(rgb).save(tmp_path / "scan#2.png")
+    with pytest.raises(InputError, match="scan#2.png#channel=0"):
+        open_volume(tmp_path / "scan#2.png")
+    np.testing.assert_array_equal(load_image(f"{tmp_path}/scan#2.png#channel=1")[0], rgb[..., 1])
     four = RNG.integers(0, 255, (2, 3, 8, 8), dtype=np.uint8)
     zarr.save_array(str(tmp_path / "c.zarr"), four)
     with pytest.raises(InputError, match="channel"):
