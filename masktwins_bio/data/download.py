@@ -163,8 +163,12 @@ def extract(archive: Path, dest: Path) -> Path:
 
 def _link_slices(folder: Path, z_range: tuple, dest: Path) -> Path:
     """A folder of links to the slices [start, stop) of ``folder`` (in natural order)."""
+    from .formats import IMAGE_SUFFIXES
     from .formats.images import natural_key
-    files = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+    # the files a slice folder reads, and only those: a stray Thumbs.db or README in an
+    # archive would otherwise shift every slice of the range
+    files = sorted((p for p in folder.iterdir() if not p.name.startswith(".")
+                    and p.name.lower().endswith(IMAGE_SUFFIXES)),
                    key=lambda p: natural_key(p.name))[z_range[0]:z_range[1]]
     wanted = {f.name: str(f.resolve()) for f in files}
     if dest.is_dir() and {p.name: os.readlink(p) for p in dest.iterdir()

@@ -230,3 +230,17 @@ def test_registry_names_paths_and_cli(tmp_path, monkeypatch, capsys):
     assert main(["datasets", "--data-root", str(tmp_path / "nope")]) == 2
     assert main(["download", "nope"]) == 2
     assert "known datasets" in capsys.readouterr().err
+
+
+def test_a_z_range_counts_slices_only(tmp_path):
+    """A stray non-image file in an archive's slice folder shifted every slice of a range."""
+    from masktwins_bio.data.download import _link_slices
+
+    folder = tmp_path / "im"
+    folder.mkdir()
+    for z in range(1, 13):
+        (folder / f"{z}.png").write_bytes(b"")
+    (folder / "Thumbs.db").write_bytes(b"")
+    (folder / "0README.txt").write_text("about")
+    dest = _link_slices(folder, (2, 5), tmp_path / "range")
+    assert sorted(p.name for p in dest.iterdir()) == ["3.png", "4.png", "5.png"]
