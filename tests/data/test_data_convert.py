@@ -39,6 +39,7 @@ def test_convert_round_trip_with_levels_labels_and_stats(tmp_path, stack, monkey
     small = open_volume(f"{out}#level=1")
     assert small.shape == (10, 35, 45)
     np.testing.assert_allclose(small.voxel_size, (40, 8, 8), rtol=1e-3)
+    assert open_volume(f"{out}/1").voxel_size == small.voxel_size   # a level given by its path
     np.testing.assert_allclose(small[0, 0, 0], VOL[0, :2, :2].mean(), atol=0.51)
     np.testing.assert_array_equal(load_labels(f"{out}:labels/mito"), VOL > 200)
     stats = volume_stats(out)  # from the attrs written during conversion

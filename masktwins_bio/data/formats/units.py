@@ -23,7 +23,9 @@ def to_nm(value: float, unit: str | None) -> float | None:
 
 
 def voxel_tuple(values) -> tuple | None:
-    """A tuple of floats, or None when any entry is missing."""
+    """A tuple of floats, or None when any entry is missing. Rounded to 7 significant digits:
+    sizes kept as float32 in a header (NIfTI, TIFF rationals) read back as 50.00000074505806,
+    which metadata and messages would carry on."""
     if values is None or any(v is None for v in values):
         return None
-    return tuple(float(v) for v in values)
+    return tuple(float(f"{float(v):.7g}") for v in values)

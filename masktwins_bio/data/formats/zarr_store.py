@@ -82,6 +82,9 @@ def open_zarr(path: Path, key: str, options: dict) -> Source:
                              "the path without ':key'.")
         if level is not None:
             raise InputError(f"'{where}' is a plain array, not an OME-Zarr image; drop '#level'.")
+        level_of = _image_level_meta(path, node)  # img.ome.zarr/0 given as a path
+        if level_of is not None:
+            return Source(node, axes=level_of[0], voxel_size=level_of[1])
         return Source(node, axes=None, voxel_size=_toolkit_voxel_size(node))
     group = node
     if key:
@@ -114,6 +117,21 @@ def open_zarr(path: Path, key: str, options: dict) -> Source:
         axes, voxel = _ome_meta(ms_list[0], name, node.ndim)
         return Source(node, axes=axes, voxel_size=voxel)
     return Source(node, axes=None, voxel_size=_toolkit_voxel_size(node))
+
+
+def _image_level_meta(path: Path, array):
+    """(axes, voxel size) of an array opened by its own path that is one level of the OME-Zarr
+    image in the folder above (``img.ome.zarr/0``), as ``img.ome.zarr:0`` gets them; else None."""
+    import zarr
+    try:
+        parent = zarr.open_group(store=str(Path(path).parent), mode="r")
+    except Exception:  # no zarr group above: a plain array
+        return None
+    ms_list = multiscales(parent)
+    name = Path(path).name
+    if not ms_list or name not in [d.get("path") for d in ms_list[0].get("datasets", [])]:
+        return None
+    return _ome_meta(ms_list[0], name, array.ndim)
 
 
 def _toolkit_voxel_size(array) -> tuple | None:
