@@ -84,6 +84,11 @@ class PartialOutput:
         if os.path.lexists(self.path):
             self._claim_existing()
             recorded = _same_inputs_as(self._recorded(), run)
+            if isinstance(recorded, dict) and "voxel_size" in recorded \
+                    and recorded["voxel_size"] is None:
+                # metadata an earlier version could not read (a plain zarr's or a 2D image's
+                # voxel size): no reason to refuse the resume, whose output keeps its own
+                recorded = {**recorded, "voxel_size": run.get("voxel_size")}
             if resume and recorded is not None and (recorded == run or not overwrite):
                 if recorded != run:
                     self.close()

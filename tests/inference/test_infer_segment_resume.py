@@ -145,3 +145,17 @@ main({args + ["--output", str(out)]!r})
     assert main(args + ["--output", str(out), "--resume"]) == 0
     assert digest(out) == digest(whole)
     assert not partial.partial_path(out).exists()
+
+
+def test_a_voxel_size_an_earlier_version_could_not_read_does_not_stop_a_resume(
+        tmp_path, monkeypatch):
+    """A segmentation of a plain predict .zarr was recorded with no voxel size (it was not read
+    back before 2026-11-29); resumed now that it is, it must continue, not be refused."""
+    p = _prob()
+    out = tmp_path / "l.zarr"
+    with monkeypatch.context() as m:
+        _stop_after(m, 30)
+        with pytest.raises(KeyboardInterrupt):
+            label_volume(p, out, 0.55, 1, BLOCK)
+    summary = label_volume(p, out, 0.55, 1, BLOCK, resume=True, voxel_size=(30.0, 8.0, 8.0))
+    assert summary["blocks"] == 75 and out.is_dir()
