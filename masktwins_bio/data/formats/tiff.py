@@ -17,6 +17,7 @@ import numpy as np
 
 from ...errors import InputError
 from . import Source
+from .images import SliceStack
 from .units import to_nm, voxel_tuple
 
 # tifffile axis letters: Q/I (unnamed pages) are treated as z; S = samples (RGB), C = channel.
@@ -89,29 +90,17 @@ class _TiffLog(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-class _PageStack:
+class _PageStack(SliceStack):
     """Equal 2D series of one file (a stack written page by page, one series per page) as one
-    lazy (Z, Y, X) array; a read decodes the pages it covers."""
-
-    ndim = 3
+    lazy (Z, Y, X) array: a slice stack whose slices are pages, decoded as they are read."""
 
     def __init__(self, series):
-        self.series = series
-        self.shape = (len(series), *series[0].shape)
-        self.dtype = series[0].dtype
+        super().__init__(list(series), series[0].shape, series[0].dtype)
         self._lock = threading.Lock()  # one file handle, shared by every reading thread
 
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (3 - len(key))
-        zs = range(self.shape[0])[key[0]]
+    def raw_slice(self, z: int) -> np.ndarray:
         with self._lock:
-            if isinstance(zs, int):
-                return self.series[zs].asarray()[key[1:]]
-            planes = [self.series[z].asarray()[key[1:]] for z in zs]
-        if planes:
-            return np.stack(planes)
-        return np.empty((0, *np.empty(self.shape[1:])[key[1:]].shape), self.dtype)
+            return self.files[z].asarray()
 
 
 def _page_stack(tif):
