@@ -23,7 +23,7 @@ CONTEXT_FRACTION = 8  # default teacher context per in-plane side: this fraction
 # Keys added after runs were saved (and benchmark runs cached), with the value every run saved
 # before them trained with: a resume must not pick up a default rule the run never had.
 ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
-               ("uda", "teacher_context"): 0}
+               ("uda", "teacher_context"): 0, ("uda", "class_portion"): None}
 
 
 @dataclass
@@ -112,6 +112,10 @@ class UDAConfig:
     tau: float = 0.9
     pseudo_threshold: float = 0.5           # teacher probability above which a voxel is foreground
     confident_only: bool = True             # pseudo-label loss only where confidence >= tau
+    # Class-balanced pseudo-labels (CBST): keep, of each class, the voxels whose confidence is
+    # in that class's top `class_portion` over the batch, instead of those reaching tau (the
+    # weight still counts voxels >= tau). None: off. Binary (EM) only.
+    class_portion: float | None = None
     lambda_cl: float = 1.0                  # weight of the (pseudo-label) consistency-learning term
     lambda_cm: float = 0.01                 # weight of the twins' logit MSE
     warmup_iters: int = 0                   # source-only iterations before target terms switch on

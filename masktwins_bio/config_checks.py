@@ -53,6 +53,12 @@ def validate(cfg: RunConfig) -> None:
            "uda.teacher_context must not be negative.")
     _check(not cfg.uda.teacher_context or cfg.data.kind == "em",
            "uda.teacher_context works on EM volumes only; set it to 0 for driving scenes.")
+    portion = cfg.uda.class_portion
+    _check(portion is None or 0.0 < portion <= 1.0,
+           f"uda.class_portion={portion} must lie in (0, 1], or be null (off).")
+    _check(portion is None or cfg.model.num_classes == 1,
+           "uda.class_portion works for binary (EM) models only; leave it null for driving "
+           "scenes.")
     _check(cfg.uda.eval_model in ("teacher", "student"),
            f"uda.eval_model={cfg.uda.eval_model!r} is unknown; use teacher or student.")
     _check(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be positive.")

@@ -35,7 +35,7 @@ import torch
 from ..config import RunConfig
 from ..masking import block_mask, complementary_twins, independent_masks
 from .classmix import class_mix, class_mix_masks
-from .losses import SegmentationLoss, pseudo_label, twin_consistency
+from .losses import SegmentationLoss, class_balanced_keep, pseudo_label, twin_consistency
 from .multiclass import label_view, multiclass_pseudo_label
 
 USES_TEACHER = {"mean-teacher", "mic", "rmask", "masktwins"}
@@ -95,7 +95,9 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         t_prob = torch.sigmoid(t_logits)
         pseudo, weight, confident = pseudo_label(t_prob, cfg.uda.pseudo_threshold,
                                                  cfg.uda.tau, seg_loss.ctx)
-        if cfg.uda.confident_only:
+        if cfg.uda.class_portion is not None:
+            keep = class_balanced_keep(t_prob, pseudo, cfg.uda.class_portion, seg_loss.ctx)
+        elif cfg.uda.confident_only:
             keep = confident
     # confident_only: voxels the teacher is unsure of (confidence < tau) give no pseudo-label
     # gradient at all; the scalar weight still scales the term. On VNC -> Lucchi two thirds of

@@ -23,6 +23,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
     ("model.num_classes=2", "needs model.num_classes >= 19"),
     ("natural.ignore_index=0", "mark void pixels 255"),
     ("natural.val_window=[1000,1000]", r"must be a multiple of \[32, 32\]"),
+    ("uda.class_portion=0.5", "class_portion works for binary"),
 ])
 def test_bad_natural_values_are_rejected(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -17,12 +17,16 @@ NO_PHOTOMETRIC = {"brightness": 0.0, "contrast": 0.0, "noise": 0.0, "blur_prob":
 
 
 def _setup(settings, method):
-    # "mean-teacher:all" is mean-teacher with the pseudo-label loss over every voxel.
+    # "mean-teacher:all" is mean-teacher with the pseudo-label loss over every voxel,
+    # "mean-teacher:balanced" with class-balanced pseudo-labels (thresholds from all ranks).
     method, _, variant = method.partition(":")
+    uda = {"tau": 0.6, "confident_only": variant != "all"}
+    if variant == "balanced":
+        uda["class_portion"] = 0.5
     cfg = build_config(settings, {"method": method, "iters": 5, "augment": NO_PHOTOMETRIC,
                                   "data": {"crop": [32, 32], "batch_source": 2,
                                            "batch_target": 2},
-                                  "uda": {"tau": 0.6, "confident_only": variant != "all"}})
+                                  "uda": uda})
     data = demo_pair(2, seed=0, size="tiny")
     source = Domain.from_arrays("source", *data["source"])
     target = Domain.from_arrays("target", data["target"][0])
@@ -103,7 +107,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", ["source-only", "mean-teacher", "mean-teacher:all"])
+@pytest.mark.parametrize("method", ["source-only", "mean-teacher", "mean-teacher:all",
+                                    "mean-teacher:balanced"])
 def test_two_ranks_equal_one_process_with_double_batch(tmp_path, tiny_settings, method):
     mp.spawn(_rank_main, args=(_free_port(), tiny_settings, method, str(tmp_path)), nprocs=2)
     distributed = torch.load(tmp_path / "grads.pt", weights_only=True)

@@ -2,7 +2,10 @@ import math
 
 import torch
 
-from masktwins_bio.train.losses import SegmentationLoss, pseudo_label, twin_consistency
+import pytest
+
+from masktwins_bio.train.losses import (SegmentationLoss, class_balanced_keep, pseudo_label,
+                                        twin_consistency)
 
 
 def test_segmentation_loss_is_bce_plus_batch_dice_by_hand():
@@ -54,3 +57,28 @@ def test_twin_consistency_is_symmetric_mse_with_gradients_into_both():
     loss.backward()
     assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
     torch.testing.assert_close(a.grad, -b.grad)
+
+
+def test_class_balanced_keep_takes_each_class_top_share_whatever_the_calibration():
+    # An unsure teacher: foreground 0.55..0.95, background 0.15..0.45 (never <= 0.1, so a single
+    # tau of 0.9 would keep foreground only).
+    fg = torch.linspace(0.55, 0.95, 100)
+    bg = torch.linspace(0.15, 0.45, 300)
+    prob = torch.cat([fg, bg])
+    labels = (prob > 0.5).float()
+    keep = class_balanced_keep(prob, labels, portion=0.25).bool()
+    assert keep[:100].sum() in (25, 26)
+    assert keep[100:].sum() in (75, 76)
+    # the most confident of each class: foreground highest, background lowest
+    assert keep[:100][-25:].all() and not keep[:100][:70].any()
+    assert keep[100:][:75].all() and not keep[100:][-220:].any()
+
+
+@pytest.mark.parametrize("portion", [1.0, 0.5])
+def test_class_balanced_keep_with_one_class_only_and_all_voxels(portion):
+    prob = torch.full((2, 1, 4, 4), 0.2)
+    labels = (prob > 0.5).float()
+    keep = class_balanced_keep(prob, labels, portion)
+    assert keep.dtype == prob.dtype
+    # equal confidences are kept or dropped together: none of them is "less sure"
+    assert keep.all()
