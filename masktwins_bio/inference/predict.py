@@ -161,10 +161,36 @@ def _check_resume(out: Path, run: dict, new: dict) -> None:
             raise InputError(f"The checkpoint '{new['checkpoint']}' is not the one '{out}' was "
                              "started with (same path, other contents); resume with that "
                              "checkpoint or pass --overwrite to start again.")
+        if before != value and key in _FLAGS:
+            then, now = _FLAGS[key](before), _FLAGS[key](value)
+            raise InputError(f"The output '{out}' was started with {then} (now {now}); resume "
+                             f"with {then}, or pass --overwrite to start again (its finished "
+                             "blocks are then discarded).")
         if before != value:
             raise InputError(f"The output '{out}' was started with another {key} "
                              f"({before!r}, now {value!r}); resume with the same settings "
                              "or pass --overwrite to start again.")
+
+
+def _switch(flag: str, on_means_flag: bool = True):
+    """How a boolean option reads on the command line: the flag, or its absence."""
+    return lambda v: flag if bool(v) == on_means_flag else f"no {flag}"
+
+
+# Fingerprint entries the user sets with a flag, written as that flag with the value
+# (a refusal that names the internal key leaves the user to guess the option).
+_FLAGS = {
+    "overlap": lambda v: f"--overlap {v}",
+    "batch_size": lambda v: f"--batch-size {v}",
+    "block": lambda v: "--block " + ",".join(str(int(b)) for b in v),
+    "dtype": lambda v: f"--dtype {v}",
+    "threshold": lambda v: "no --threshold" if v is None else f"--threshold {v}",
+    "tta": _switch("--tta"),
+    "amp": _switch("--no-amp", on_means_flag=False),
+    "optimize": _switch("--eager", on_means_flag=False),
+    "compile": lambda v: f"--compile {v}",
+    "device": lambda v: f"--device {v}",
+}
 
 
 def make_predictor(loaded, device, options: PredictOptions, quiet=True) -> Predictor:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
 
-from ..data.paths import write_json_atomic
+from ..data.paths import process_alive, remove_path, write_json_atomic
 from ..errors import ConfigError, InputError, WriteStopped
 from .ledger import LedgerWriter, ledger_dir, read_run, write_run
 from .outputs import check_replaceable, check_writable
@@ -113,7 +115,8 @@ def create_output(spec: OutputSpec, shape, block, voxel_size, attrs: dict, run: 
 
     out = spec.path
     check_layout(spec)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    remove_stale_skeletons(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     meta = {**attrs, "complete": False, "dtype": spec.dtype,
             "scale": 255 if spec.dtype == "uint8" else 1}
     if voxel_size:
@@ -142,6 +145,16 @@ def create_output(spec: OutputSpec, shape, block, voxel_size, attrs: dict, run: 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_skeletons(out: Path) -> None:
+    """Delete the half-built skeletons of ``out`` that killed runs left beside it, named
+    ``.NAME.PID.HEX.tmp`` after their writer; a live writer's stays."""
+    name = re.compile(r"\." + re.escape(out.name) + r"\.(\d+)\.[0-9a-f]{8}\.tmp")
+    for path in out.parent.glob("." + glob_escape(out.name) + ".*.tmp"):
+        match = name.fullmatch(path.name)
+        if match and (int(match.group(1)) == os.getpid() or not process_alive(int(match[1]))):
+            remove_path(path)
 
 
 def to_dtype(prob: np.ndarray, dtype: str) -> np.ndarray:

@@ -80,7 +80,11 @@ def test_bad_inputs_say_one_sentence_and_exit_2(tmp_path, ckpts, volume, capsys,
     assert _predict(ckpts[2], volume, out) == 2
     assert "exists" in cli_error() and (out / "zarr.json").read_bytes() == before
     assert _predict(ckpts[2], volume, out, "--resume", "--overlap", "0.5") == 2
-    assert "another overlap" in cli_error()
+    assert cli_error().endswith("was started with --overlap 0.25 (now --overlap 0.5); resume "
+                                "with --overlap 0.25, or pass --overwrite to start again (its "
+                                "finished blocks are then discarded).")
+    assert _predict(ckpts[2], volume, out, "--resume", "--tta") == 2
+    assert "started with no --tta (now --tta); resume with no --tta," in cli_error()
     assert _predict(ckpts["rgb"], volume, tmp_path / "rgb.zarr") == 2
     assert "one grey" in cli_error()
     # options that would be ignored are refused
@@ -139,6 +143,22 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path, ckpts, volume):
     assert b.attrs["masktwins_bio"]["complete"]
     assert _predict(ckpts[2], volume, out, *args, "--resume") == 0    # nothing left to do
     assert _predict(ckpts[2], volume, out, "--resume") == 2           # other block size
+
+
+def test_skeletons_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, ckpts, volume):
+    """A kill while the empty output is being built leaves its hidden skeleton beside it; the
+    next run on that output removes it, unless its writer still runs."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "p.zarr"
+    stale = tmp_path / f".p.zarr.{dead.pid}.0123abcd.tmp"
+    live = tmp_path / f".p.zarr.{os.getppid()}.0123abcd.tmp"
+    other = tmp_path / f".q.zarr.{dead.pid}.0123abcd.tmp"   # another output's
+    for folder in (stale, live, other):
+        (folder / "0").mkdir(parents=True)
+    assert _predict(ckpts[2], volume, out) == 0
+    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.glob(".p.zarr.*")) == [live.name]
 
 
 def test_full_disk_stops_with_a_sentence_and_resumes(tmp_path, ckpts, volume, monkeypatch,
@@ -220,7 +240,8 @@ def test_resume_refuses_a_changed_input_or_another_device(tmp_path, ckpts, volum
     assert record["device"] == "cpu" and record["input_files"]
     run_file.write_text(json.dumps({**record, "device": "cuda"}))
     assert _predict(ckpts[2], str(src), out, *args, "--resume") == 2
-    assert "another device ('cuda', now 'cpu')" in cli_error()
+    assert "started with --device cuda (now --device cpu); resume with --device cuda" \
+        in cli_error()
     run_file.write_text(json.dumps(record))
     os.utime(src, ns=(1, 1))   # the input rewritten since
     assert _predict(ckpts[2], str(src), out, *args, "--resume") == 2
@@ -311,7 +332,7 @@ def test_compiled_network_predicts_what_the_eager_one_does(tmp_path, ckpts, volu
     assert np.abs(on - off).max() <= 1e-4
     assert _predict(ckpts[2], volume, tmp_path / "on.zarr", "--compile", "off",
                     "--batch-size", "3", "--resume") == 2
-    assert "another compile" in cli_error()
+    assert "started with --compile on (now --compile off)" in cli_error()
 
 
 def test_compile_auto_rule():
