@@ -35,7 +35,7 @@ def run(args) -> int:
 
 
 def _run_probabilities(args) -> int:
-    from ..data.volumes import load_labels, open_volume
+    from ..data.volumes import MaskSections, open_volume
     from ..errors import InputError
     from ..inference.probability import evaluate_source
     from ..metrics import evaluate_volumes
@@ -43,13 +43,13 @@ def _run_probabilities(args) -> int:
     threshold = 0.5 if args.threshold is None else args.threshold
     if not 0.0 < threshold < 1.0:
         raise InputError(f"--threshold {threshold} must lie strictly between 0 and 1.")
-    with open_volume(args.prediction) as vol:
+    with open_volume(args.prediction) as vol, open_volume(args.labels) as truth:
         prob = evaluate_source(vol, args.prediction)
-        labels = load_labels(args.labels)
-        if tuple(prob.shape) != tuple(labels.shape):
+        if tuple(prob.shape) != tuple(truth.shape):  # before reading a voxel of either
             raise InputError(f"The prediction has shape {tuple(prob.shape)} but the labels have "
-                             f"shape {tuple(labels.shape)}; give labels of the same volume.")
-        metrics = evaluate_volumes(prob, labels, threshold)
+                             f"shape {tuple(truth.shape)}; give labels of the same volume.")
+        # section by section: a MitoEM-size ground truth does not fit in memory
+        metrics = evaluate_volumes(prob, MaskSections(truth), threshold)
     keys = ("map", "f1", "mcc", "iou", "volume_iou", "volume_dice")
     width = max(len(k) for k in keys)
     for key in keys:

@@ -404,10 +404,30 @@ def load_labels(spec) -> np.ndarray:
             return binarise_labels(vol.read(), vol.path)
         out = np.empty(vol.shape, dtype=bool)
         for z in range(vol.shape[0]):
-            try:
-                out[z] = binarise_labels(vol.raw_slice(z))
-            except InputError:
-                name = vol._source.per_slice.files[z].name
-                raise InputError(f"Slice '{name}' of '{vol.path}' has values that cannot be "
-                                 "binarised; give binary masks (0/1 or 0/255).") from None
+            out[z] = _file_mask(vol, z)
         return out
+
+
+def _file_mask(vol, z: int) -> np.ndarray:
+    """Section ``z`` of a folder of slices, binarised by itself (see :func:`load_labels`)."""
+    try:
+        return binarise_labels(vol.raw_slice(z))
+    except InputError:
+        name = vol._source.per_slice.files[z].name
+        raise InputError(f"Slice '{name}' of '{vol.path}' has values that cannot be "
+                         "binarised; give binary masks (0/1 or 0/255).") from None
+
+
+class MaskSections:
+    """An open label volume read as a boolean mask one z-section at a time: what
+    :func:`load_labels` returns, without holding the volume in memory (a MitoEM-size ground
+    truth is 8 GB as bool). The rule comes from the whole volume (:func:`mask_threshold`)."""
+
+    def __init__(self, vol):
+        self.vol, self.shape = vol, tuple(vol.shape)
+        self._threshold = mask_threshold(vol)
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        if self._threshold is None:
+            return _file_mask(self.vol, z)
+        return np.asarray(self.vol[z:z + 1])[0] > self._threshold

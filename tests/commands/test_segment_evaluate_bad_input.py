@@ -291,3 +291,34 @@ def test_json_lines_are_strict_json(tmp_path, capsys):
     assert _evaluate(prob, empty, "--json") == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "NaN" not in line and json.loads(line)["map"] is None
+
+
+def test_evaluate_checks_the_labels_shape_before_reading_them(tmp_path, cli_error):
+    """The ground truth was loaded whole (8 GB for MitoEM as bool) before its shape was
+    compared; a label volume of another shape that is no mask at all must get the shape
+    sentence, not the binarisation one."""
+    prob = _prediction(tmp_path / "prob.zarr", _prob())
+    ids = _array(tmp_path / "ids.zarr", np.arange(6 * 40 * 30, dtype=np.uint32).reshape(6, 40, 30))
+    assert _evaluate(prob, ids) == 2
+    assert "same volume" in cli_error()
+
+
+def test_evaluate_reads_labels_by_section_with_the_whole_volume_rule(tmp_path, capsys):
+    """An anti-aliased 0/255 mask whose first section holds only 0 and 1 is binarised as the
+    whole volume says (> 127), as load_labels does, not section by section (> 0)."""
+    from masktwins_bio.data.volumes import load_labels
+    from masktwins_bio.metrics import evaluate_volumes
+
+    p = _prob()
+    gt = np.where(p > 0.6, 255, 0).astype(np.uint8)
+    gt[0] = (p[0] > 0.3)          # 0/1 values: background under the volume's rule
+    gt[2][(p[2] > 0.55) & (p[2] <= 0.6)] = 90   # anti-aliased edge: background too
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    prob = _prediction(tmp_path / "prob.zarr", p)
+    capsys.readouterr()
+    assert _evaluate(prob, tmp_path / "gt.tif", "--json") == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = evaluate_volumes(p, load_labels(str(tmp_path / "gt.tif")))
+    assert not load_labels(str(tmp_path / "gt.tif"))[0].any()
+    for key, value in got.items():
+        assert value == pytest.approx(expected[key], nan_ok=True), key
