@@ -74,8 +74,12 @@ def _run_instances(args) -> int:
             raise InputError(f"The prediction has shape {tuple(pred.shape)} but the labels have "
                              f"shape {tuple(gt.shape)}; give labels of the same volume.")
         result = instance_ap(pred, gt, iou_threshold=0.75)
-    print(f"AP-75  {100 * result['ap']:6.2f}  ({result['tp']} TP, {result['fp']} FP, "
+    # No true instance: precision at any recall is undefined (MitoEM's script prints -1).
+    ap = "   n/a" if result["n_gt"] == 0 else f"{100 * result['ap']:6.2f}"
+    print(f"AP-75  {ap}  ({result['tp']} TP, {result['fp']} FP, "
           f"{result['fn']} FN; {result['n_pred']} predicted, {result['n_gt']} true instances)")
+    if result["n_gt"] == 0:
+        print("(the labels hold no instance, so AP is undefined; JSON: null)")
     if args.json:
         print(json_line({"ap75": result["ap"], **{k: result[k] for k in
                                                   ("tp", "fp", "fn", "n_pred", "n_gt")}}))

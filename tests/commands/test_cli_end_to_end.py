@@ -88,6 +88,16 @@ def test_evaluate_instances_reports_ap75(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (result["tp"], result["fp"], result["fn"]) == (1, 1, 1)
     assert 0.0 < result["ap75"] < 1.0
+    # labels without any instance: AP is undefined, and said so rather than printed as nan
+    z = zarr.create_array(store=str(tmp_path / "empty.zarr"), shape=gt.shape, dtype=gt.dtype,
+                          chunks=(1, 32, 32))
+    z[:] = 0
+    assert main(["evaluate", "--prediction", str(tmp_path / "pred.zarr"), "--labels",
+                 str(tmp_path / "empty.zarr"), "--instances", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("AP-75     n/a  (0 TP, 2 FP, 0 FN") and "nan" not in lines[0]
+    assert "no instance, so AP is undefined" in lines[1]
+    assert json.loads(lines[-1])["ap75"] is None
 
 
 def test_the_teacher_context_rule_fits_a_small_target(tmp_path, train_args, cli_fails):
