@@ -341,7 +341,10 @@ def _predict(job: PredictJob, loaded, dev, mode, fingerprint, voxel_size, shape,
     out, plan, options, stats = job.output.path, job.plan, job.options, job.stats
     from .cluster import connect, run_on_dask
 
-    predictor = make_predictor(loaded, dev, options, quiet)
+    # Under dask the workers predict; here the network only proves it runs on one window
+    # (before the output exists), so it is not compiled for nothing.
+    predictor = make_predictor(loaded, dev, replace(options, compile="off") if dask else options,
+                               quiet)
     # The cluster is reached before the output exists: an unreachable one leaves nothing behind.
     with connect(dask) as client:
         if mode == "new":
