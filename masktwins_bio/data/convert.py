@@ -244,7 +244,8 @@ def _write(vol: Volume, label_vols: dict, partial: PartialOutput, resumed: bool,
             _write_image(group.require_group(name), readers[name], vol.shape,
                          np.uint8, chunks, levels, voxel_size, name, True, show_progress,
                          partial, resumed)
-            group[name].attrs["image-label"] = {"version": "0.5", "source": {"image": "../../"}}
+            group[name].attrs["ome"] = {**group[name].attrs["ome"],
+                                        "image-label": {"source": {"image": "../../"}}}
         group.attrs["ome"] = {"version": "0.5", "labels": list(label_vols)}
     attrs = dict(root.attrs)
     attrs["masktwins"] = extra

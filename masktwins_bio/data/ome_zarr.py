@@ -90,7 +90,8 @@ def multiscales_meta(name: str, n_levels: int, voxel_size: tuple | None) -> dict
         for k in range(n_levels)]
     unit = {"unit": "nanometer"} if voxel_size else {}
     axes = [{"name": a, "type": "space", **unit} for a in "zyx"]
-    return {"version": "0.5", "name": name, "axes": axes, "datasets": datasets}
+    # NGFF 0.5 keeps the version in the "ome" object only, not in each multiscales entry
+    return {"name": name, "axes": axes, "datasets": datasets}
 
 
 def create_level(group, path: str, shape: tuple, dtype, chunks: tuple, is_label: bool = False):

@@ -130,7 +130,7 @@ def create_output(spec: OutputSpec, shape, block, voxel_size, attrs: dict, run: 
                 _write_group(tmp / "labels", {"ome": {"version": "0.5", "labels": ["mask"]}})
                 _write_group(tmp / "labels" / "mask", {"ome": {
                     "version": "0.5", "multiscales": [multiscales_meta("mask", 1, voxel_size)],
-                    "image-label": {"version": "0.5", "source": {"image": "../../"}}}})
+                    "image-label": {"source": {"image": "../../"}}}})
                 _create_array(tmp / "labels" / "mask" / "0", shape, block, "uint8",
                               {"masktwins_bio": {"threshold": spec.threshold}})
         else:

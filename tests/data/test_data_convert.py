@@ -42,6 +42,13 @@ def test_convert_round_trip_with_levels_labels_and_stats(tmp_path, stack, monkey
     assert open_volume(f"{out}/1").voxel_size == small.voxel_size   # a level given by its path
     np.testing.assert_allclose(small[0, 0, 0], VOL[0, :2, :2].mean(), atol=0.51)
     np.testing.assert_array_equal(load_labels(f"{out}:labels/mito"), VOL > 200)
+    # NGFF 0.5: the version in the "ome" object only, image-label inside it
+    ome = {k: zarr.open_group(str(out / k), mode="r").attrs["ome"]
+           for k in ("", "labels", "labels/mito")}
+    assert ome["labels"] == {"version": "0.5", "labels": ["mito"]}
+    assert ome["labels/mito"]["image-label"] == {"source": {"image": "../../"}}
+    for meta in (ome[""], ome["labels/mito"]):
+        assert meta["version"] == "0.5" and "version" not in meta["multiscales"][0]
     stats = volume_stats(out)  # from the attrs written during conversion
     assert stats.low <= stats.mean <= stats.high and abs(stats.mean - VOL.mean()) < 5
 

@@ -31,6 +31,12 @@ def test_ome_output_with_mask_voxel_size_and_dtypes(tmp_path, ckpts, volume):
     assert 0 <= p.min() and p.max() <= 1
     mask = open_volume(f"{out}:labels/mask").read()
     np.testing.assert_array_equal(mask, (p > 0.5).astype(np.uint8))
+    # NGFF 0.5: the version in the "ome" object only, image-label inside it
+    image = zarr.open_group(str(out), mode="r").attrs["ome"]
+    label = zarr.open_group(str(out / "labels" / "mask"), mode="r").attrs["ome"]
+    assert label["image-label"] == {"source": {"image": "../../"}}
+    for meta in (image, label):
+        assert meta["version"] == "0.5" and "version" not in meta["multiscales"][0]
     attrs = zarr.open_group(str(out), mode="r").attrs["masktwins_bio"]
     assert attrs["complete"] and abs(attrs["mean_probability"] - p.mean()) < 1e-6
     for dtype, tol in (("float16", 1e-3), ("uint8", 0.5 / 255 + 1e-6)):
