@@ -138,7 +138,9 @@ def downsample_level(src, dst, is_label: bool, progress=None, done=frozenset(),
         if is_label:
             return data[:, ::2, ::2]
         ny, nx = 2 * (ys.stop - ys.start), 2 * (xs.stop - xs.start)
-        pad = np.pad(data.astype(np.float32),
+        # float32 holds 24 bits: exact for 8/16-bit data, not for 32/64-bit integers or float64
+        work = np.float32 if data.dtype.itemsize <= 2 or data.dtype == np.float32 else np.float64
+        pad = np.pad(data.astype(work),
                      ((0, 0), (0, ny - data.shape[1]), (0, nx - data.shape[2])), mode="edge")
         small = pad.reshape(pad.shape[0], pad.shape[1] // 2, 2, pad.shape[2] // 2, 2).mean((2, 4))
         if dst.dtype.kind in "iu":

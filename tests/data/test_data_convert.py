@@ -116,3 +116,20 @@ def test_labels_follow_the_whole_volume_rule_and_a_constant_image_still_converts
     assert zarr.open_group(str(flat), mode="r").attrs["masktwins"]["intensity"] is None
     with pytest.raises(InputError, match="constant intensity"):   # refused where it matters
         volume_stats(flat)
+
+
+@pytest.mark.parametrize("dtype, base", [("uint32", 3_000_000_000), ("float64", 1e9)])
+def test_pyramid_levels_of_wide_types_are_exact_means(tmp_path, dtype, base):
+    """Level means were taken in float32 (24 bits): a uint32 or float64 volume's values near
+    3e9 or 1e9 came out rounded by up to ~100."""
+    vol = base + np.arange(2 * 4 * 6).reshape(2, 4, 6).astype(dtype)
+    vol[0, 0, 0] += 1 if dtype == "uint32" else 0.25
+    src = tmp_path / "v.zarr"
+    zarr.create_array(store=str(src), shape=vol.shape, dtype=dtype, chunks=vol.shape)[:] = vol
+    out = convert_volume(str(src), tmp_path / "o.ome.zarr", chunks=(2, 4, 6), levels=2,
+                         show_progress=False)
+    small = open_volume(f"{out}#level=1").read()
+    expected = vol.astype(np.float64).reshape(2, 2, 2, 3, 2).mean((2, 4))
+    if dtype == "uint32":
+        expected = np.rint(expected)
+    np.testing.assert_array_equal(small, expected.astype(dtype))
