@@ -153,7 +153,8 @@ def remove_stale_skeletons(out: Path) -> None:
     name = re.compile(r"\." + re.escape(out.name) + r"\.(\d+)\.[0-9a-f]{8}\.tmp")
     for path in out.parent.glob("." + glob_escape(out.name) + ".*.tmp"):
         match = name.fullmatch(path.name)
-        if match and (int(match.group(1)) == os.getpid() or not process_alive(int(match[1]))):
+        pid = int(match.group(1)) if match else None
+        if pid is not None and (pid == os.getpid() or not process_alive(pid)):
             remove_path(path)
 
 
