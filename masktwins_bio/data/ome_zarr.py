@@ -129,6 +129,15 @@ def copy_blocks(read, out, progress=None, on_block=None, done=frozenset(),
             progress(math.prod(s.stop - s.start for s in b))
 
 
+def _float_range(dtype) -> tuple[float, float]:
+    """The widest float range that converts into integer ``dtype`` without wrapping (2**63 - 1
+    is 2**63 as a float, which wraps to the minimum)."""
+    info = np.iinfo(dtype)
+    lo, hi = np.float64(info.min), np.float64(info.max)
+    return (lo if int(lo) >= info.min else np.nextafter(lo, 0),
+            hi if int(hi) <= info.max else np.nextafter(hi, 0))
+
+
 def downsample_level(src, dst, is_label: bool, progress=None, done=frozenset(),
                      on_done=None) -> None:
     """dst = src reduced 2× in y and x (mean for images, top-left voxel for labels)."""
@@ -138,12 +147,13 @@ def downsample_level(src, dst, is_label: bool, progress=None, done=frozenset(),
         if is_label:
             return data[:, ::2, ::2]
         ny, nx = 2 * (ys.stop - ys.start), 2 * (xs.stop - xs.start)
-        # float32 holds 24 bits: exact for 8/16-bit data, not for 32/64-bit integers or float64
+        # float32 holds 24 bits: exact for 8/16-bit data, not for 32-bit integers or float64
+        # (float64's 53 bits are exact up to 32-bit integers; 64-bit ones may round)
         work = np.float32 if data.dtype.itemsize <= 2 or data.dtype == np.float32 else np.float64
         pad = np.pad(data.astype(work),
                      ((0, 0), (0, ny - data.shape[1]), (0, nx - data.shape[2])), mode="edge")
         small = pad.reshape(pad.shape[0], pad.shape[1] // 2, 2, pad.shape[2] // 2, 2).mean((2, 4))
-        if dst.dtype.kind in "iu":
-            small = np.rint(small)
+        if dst.dtype.kind in "iu":  # clipped: a mean rounded past the type's range wraps
+            small = np.clip(np.rint(small), *_float_range(dst.dtype))
         return small.astype(dst.dtype)
     copy_blocks(read, dst, progress, done=done, on_done=on_done)

@@ -87,7 +87,7 @@ def process_alive(pid: int) -> bool:
     pid are stale exactly when it does not."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # none, or no possible pid
         return False
     except PermissionError:  # exists, owned by someone else
         return True

@@ -163,9 +163,11 @@ def _check_resume(out: Path, run: dict, new: dict) -> None:
                              "checkpoint or pass --overwrite to start again.")
         if before != value and key in _FLAGS:
             then, now = _FLAGS[key](before), _FLAGS[key](value)
+            advice = _resume_with(then)
             raise InputError(f"The output '{out}' was started with {then} (now {now}); resume "
-                             f"with {then}, or pass --overwrite to start again (its finished "
-                             "blocks are then discarded).")
+                             f"{'' if advice.startswith('without') else 'with '}{advice}, or "
+                             "pass --overwrite to start again (its finished blocks are then "
+                             "discarded).")
         if before != value:
             raise InputError(f"The output '{out}' was started with another {key} "
                              f"({before!r}, now {value!r}); resume with the same settings "
@@ -175,6 +177,11 @@ def _check_resume(out: Path, run: dict, new: dict) -> None:
 def _switch(flag: str, on_means_flag: bool = True):
     """How a boolean option reads on the command line: the flag, or its absence."""
     return lambda v: flag if bool(v) == on_means_flag else f"no {flag}"
+
+
+def _resume_with(flag_text: str) -> str:
+    """"--tta" -> "--tta"; "no --tta" -> "without --tta" (the advice reads as a command)."""
+    return "without " + flag_text[3:] if flag_text.startswith("no ") else flag_text
 
 
 # Fingerprint entries the user sets with a flag, written as that flag with the value

@@ -68,14 +68,18 @@ def pseudo_label(teacher_prob: torch.Tensor, threshold: float, tau: float,
     return labels, weight, confident
 
 
-CONFIDENCE_BINS = 2048  # resolution of class_balanced_keep's thresholds (1/2048 of confidence)
+# class_balanced_keep ranks voxels by their logit towards their class (log-odds confidence):
+# probabilities saturate (a float32 sigmoid is 1.0 beyond a logit of ~17, and a fine grid on
+# [0, 1] still puts every |logit| > 7.6 in its top bin), logits keep their order.
+SCORE_RANGE = (-16.0, 48.0)
+SCORE_BINS = 4096  # 1/64 of a logit per bin
 
 
 @torch.no_grad()
-def class_balanced_keep(teacher_prob: torch.Tensor, labels: torch.Tensor, portion: float,
+def class_balanced_keep(teacher_logits: torch.Tensor, labels: torch.Tensor, portion: float,
                         ctx: DistContext = SINGLE) -> torch.Tensor:
-    """Map (0/1, like ``teacher_prob``) of the voxels whose confidence is within the top
-    ``portion`` of their pseudo-label class over the batch (all ranks).
+    """Map (0/1, float like ``teacher_logits``) of the voxels whose confidence is within the
+    top ``portion`` of their pseudo-label class over the batch (all ranks).
 
     Why: a teacher fresh from a short source warm-up is unsure of background everywhere (on
     VNC -> Lucchi no target voxel reaches p <= 0.1 at iteration 1,000, while 6% reach p >= 0.9,
@@ -84,19 +88,22 @@ def class_balanced_keep(teacher_prob: torch.Tensor, labels: torch.Tensor, portio
     The thresholds come from a histogram summed over ranks, so every rank uses the same ones.
     """
     fg = labels > 0.5
-    conf = torch.where(fg, teacher_prob, 1 - teacher_prob).float()
+    logits = teacher_logits.float()
+    score = torch.where(fg, logits, -logits).clamp(*SCORE_RANGE)
+    lo, hi = SCORE_RANGE
+    width = (hi - lo) / SCORE_BINS
     keep = torch.zeros_like(fg)
     for cls in (fg, ~fg):
-        hist = torch.histc(conf[cls], bins=CONFIDENCE_BINS, min=0.0, max=1.0)
+        # float64 counts: float32 stops counting exactly at 2^24 voxels in one bin
+        hist = torch.histc(score[cls], bins=SCORE_BINS, min=lo, max=hi).double()
         hist = global_sum(hist, ctx)
         total = float(hist.sum())
         if total == 0:
             continue
         from_top = hist.flip(0).cumsum(0)  # voxels at or above each bin, most confident first
-        bins_kept = int(torch.searchsorted(from_top, portion * total).clamp(max=len(hist) - 1))
-        threshold = (CONFIDENCE_BINS - 1 - bins_kept) / CONFIDENCE_BINS
-        keep |= cls & (conf >= threshold)
-    return keep.to(teacher_prob.dtype)
+        bins_kept = int(torch.searchsorted(from_top, portion * total).clamp(max=SCORE_BINS - 1))
+        keep |= cls & (score >= lo + (SCORE_BINS - 1 - bins_kept) * width)
+    return keep.to(teacher_logits.dtype)
 
 
 def twin_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         pseudo, weight, confident = pseudo_label(t_prob, cfg.uda.pseudo_threshold,
                                                  cfg.uda.tau, seg_loss.ctx)
         if cfg.uda.class_portion is not None:
-            keep = class_balanced_keep(t_prob, pseudo, cfg.uda.class_portion, seg_loss.ctx)
+            keep = class_balanced_keep(t_logits, pseudo, cfg.uda.class_portion, seg_loss.ctx)
         elif cfg.uda.confident_only:
             keep = confident
     # confident_only: voxels the teacher is unsure of (confidence < tau) give no pseudo-label

@@ -133,3 +133,17 @@ def test_pyramid_levels_of_wide_types_are_exact_means(tmp_path, dtype, base):
     if dtype == "uint32":
         expected = np.rint(expected)
     np.testing.assert_array_equal(small, expected.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint64"])
+def test_pyramid_levels_of_a_volume_at_its_type_maximum_do_not_wrap(tmp_path, dtype):
+    """The float64 mean of 2**63 - 1 rounds up to 2**63, which wrapped to the type's minimum
+    (64-bit means are float64: exact to 53 bits, so near the maximum they may round down)."""
+    vol = np.full((2, 4, 6), np.iinfo(dtype).max, dtype=dtype)
+    src = tmp_path / "v.zarr"
+    zarr.create_array(store=str(src), shape=vol.shape, dtype=dtype, chunks=vol.shape)[:] = vol
+    out = convert_volume(str(src), tmp_path / "o.ome.zarr", chunks=(2, 4, 6), levels=2,
+                         show_progress=False)
+    small = open_volume(f"{out}#level=1").read()
+    top = int(np.iinfo(dtype).max)
+    assert small.dtype == np.dtype(dtype) and all(top - 2048 <= int(v) <= top for v in small.flat)

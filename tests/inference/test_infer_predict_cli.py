@@ -90,7 +90,7 @@ def test_bad_inputs_say_one_sentence_and_exit_2(tmp_path, ckpts, volume, capsys,
                                 "with --overlap 0.25, or pass --overwrite to start again (its "
                                 "finished blocks are then discarded).")
     assert _predict(ckpts[2], volume, out, "--resume", "--tta") == 2
-    assert "started with no --tta (now --tta); resume with no --tta," in cli_error()
+    assert "started with no --tta (now --tta); resume without --tta," in cli_error()
     assert _predict(ckpts["rgb"], volume, tmp_path / "rgb.zarr") == 2
     assert "one grey" in cli_error()
     # options that would be ignored are refused
@@ -160,10 +160,11 @@ def test_skeletons_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, ckpts
     stale = tmp_path / f".p.zarr.{dead.pid}.0123abcd.tmp"
     live = tmp_path / f".p.zarr.{os.getppid()}.0123abcd.tmp"
     other = tmp_path / f".q.zarr.{dead.pid}.0123abcd.tmp"   # another output's
-    for folder in (stale, live, other):
+    impossible = tmp_path / ".p.zarr.99999999999.0123abcd.tmp"   # no pid is that large
+    for folder in (stale, live, other, impossible):
         (folder / "0").mkdir(parents=True)
     assert _predict(ckpts[2], volume, out) == 0
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and not impossible.exists() and live.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.glob(".p.zarr.*")) == [live.name]
 
 

@@ -62,23 +62,35 @@ def test_twin_consistency_is_symmetric_mse_with_gradients_into_both():
 def test_class_balanced_keep_takes_each_class_top_share_whatever_the_calibration():
     # An unsure teacher: foreground 0.55..0.95, background 0.15..0.45 (never <= 0.1, so a single
     # tau of 0.9 would keep foreground only).
-    fg = torch.linspace(0.55, 0.95, 100)
-    bg = torch.linspace(0.15, 0.45, 300)
-    prob = torch.cat([fg, bg])
+    prob = torch.cat([torch.linspace(0.55, 0.95, 100), torch.linspace(0.15, 0.45, 300)])
+    logits = torch.logit(prob)
     labels = (prob > 0.5).float()
-    keep = class_balanced_keep(prob, labels, portion=0.25).bool()
-    assert keep[:100].sum() in (25, 26)
-    assert keep[100:].sum() in (75, 76)
+    keep = class_balanced_keep(logits, labels, portion=0.25).bool()
+    assert keep[:100].sum() in (25, 26) and keep[100:].sum() in (75, 76)
     # the most confident of each class: foreground highest, background lowest
     assert keep[:100][-25:].all() and not keep[:100][:70].any()
     assert keep[100:][:75].all() and not keep[100:][-220:].any()
 
 
+def test_class_balanced_keep_still_ranks_a_confident_teacher():
+    """Probabilities saturate (every |logit| > 7.6 fell in the top bin of a [0, 1] grid, so any
+    portion kept ~90% of each class); logits keep their order."""
+    gen = torch.Generator().manual_seed(0)
+    fg = torch.rand(100_000, generator=gen) < 0.1
+    logits = torch.where(fg, 8 + 2 * torch.randn(100_000, generator=gen),
+                         -10 + 2 * torch.randn(100_000, generator=gen))
+    labels = (logits > 0).float()
+    for portion in (0.2, 0.5):
+        keep = class_balanced_keep(logits, labels, portion).bool()
+        for cls in (labels > 0, labels == 0):
+            assert abs(keep[cls].float().mean().item() - portion) < 0.01
+
+
 @pytest.mark.parametrize("portion", [1.0, 0.5])
 def test_class_balanced_keep_with_one_class_only_and_all_voxels(portion):
-    prob = torch.full((2, 1, 4, 4), 0.2)
-    labels = (prob > 0.5).float()
-    keep = class_balanced_keep(prob, labels, portion)
-    assert keep.dtype == prob.dtype
+    logits = torch.full((2, 1, 4, 4), -1.5)
+    labels = (logits > 0).float()
+    keep = class_balanced_keep(logits, labels, portion)
+    assert keep.dtype == logits.dtype
     # equal confidences are kept or dropped together: none of them is "less sure"
     assert keep.all()
