@@ -11,6 +11,13 @@ measurement only, never by training. Nothing is cached.
 
     python tools/diag_uda.py --direction vnc-to-lucchi --method mean-teacher --seed 0 [key=value]
     python tools/diag_uda.py --objects     # mitochondria sizes of both volumes, then exit
+    python tools/diag_uda.py --direction vnc-to-lucchi --seed 0 --warmup-teacher
+
+``--warmup-teacher`` trains only the preset's source warm-up (``uda.warmup_iters``) and prints the
+EMA teacher's pseudo-labels on the whole target: its probability averaged over the four in-plane
+flips, the share of voxels at p >= t with their precision and recall, and the share at p <= 0.1
+(confident background), i.e. what the confident-voxel rule has to work with when adaptation
+switches on.
 """
 from __future__ import annotations
 
@@ -87,6 +94,40 @@ def object_sizes() -> dict:
     return out
 
 
+def warmup_teacher(direction: str, seed: int, overrides: list) -> dict:
+    """Pseudo-label statistics of the teacher at the end of the source warm-up (see above)."""
+    cfg = bench_uda.resolve("cpu", "mean-teacher", seed, None, overrides)
+    cfg.iters, cfg.val_every = cfg.uda.warmup_iters, 10**9
+    data = bench_uda.load_data(direction)
+    d = cfg.data
+    source = Domain.from_arrays("source", data["source_image"], data["source_labels"],
+                                d.low_pct, d.high_pct)
+    target = Domain.from_arrays("target", data["target_image"], None, d.low_pct, d.high_pct)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, source, target, Path(tmp), progress=False)
+        trainer.fit()
+        prob = np.zeros(target.image.shape, np.float32)
+        for axes in ((), (-1,), (-2,), (-1, -2)):
+            view = np.ascontiguousarray(np.flip(target.image, axes))
+            p = predict_array(trainer.teacher, view, cfg.dims, cfg.crop, overlap=0.25,
+                              batch_size=4, device=trainer.device)
+            prob += np.flip(p, axes) / 4
+    labels = np.asarray(data["target_labels"], bool)
+
+    def share(sel):
+        tp = float((sel & labels).sum())
+        return {"voxels_pct": round(100 * float(sel.mean()), 2),
+                "precision": round(100 * tp / max(float(sel.sum()), 1.0), 1),
+                "recall": round(100 * tp / max(float(labels.sum()), 1.0), 1)}
+
+    out = {"direction": direction, "seed": seed, "iteration": cfg.iters,
+           "labels_foreground_pct": round(100 * float(labels.mean()), 2)}
+    out.update({f"p>={t}": share(prob >= t) for t in (0.5, 0.9, 0.99)})
+    out["p<=0.1_voxels_pct"] = round(100 * float((prob <= 0.1).mean()), 2)
+    out["median_p"] = round(float(np.median(prob)), 3)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--direction", default="vnc-to-lucchi",
@@ -98,10 +139,15 @@ def main() -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--objects", action="store_true",
                    help="print the mitochondria sizes of both volumes and exit")
+    p.add_argument("--warmup-teacher", action="store_true",
+                   help="print the warm-up teacher's pseudo-labels on the target, then exit")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args()
     if args.objects:
         print(json.dumps(object_sizes()))
+        return 0
+    if args.warmup_teacher:
+        print(json.dumps(warmup_teacher(args.direction, args.seed, args.overrides)))
         return 0
 
     cfg = bench_uda.resolve("cpu", args.method, args.seed, None, args.overrides)
