@@ -82,9 +82,10 @@ def class_balanced_keep(teacher_logits: torch.Tensor, labels: torch.Tensor, port
     top ``portion`` of their pseudo-label class over the batch (all ranks).
 
     Why: a teacher fresh from a short source warm-up is unsure of background everywhere (on
-    VNC -> Lucchi no target voxel reaches p <= 0.1 at iteration 1,000, while 6% reach p >= 0.9,
-    a third of them false positives), so a single tau keeps foreground only and the pseudo-label
-    loss can then only grow foreground. Per-class thresholds keep both classes from the start.
+    VNC -> Lucchi almost no target voxel reaches p <= 0.1 at iteration 1,000, while 6% reach
+    p >= 0.9, a third of them false positives: tools/diag_uda.py --warmup-teacher), so a single
+    tau keeps foreground only and the pseudo-label loss can then only grow foreground.
+    Per-class thresholds keep both classes from the start (measured on bench_uda: no gain).
     The thresholds come from a histogram summed over ranks, so every rank uses the same ones.
     """
     fg = labels > 0.5
