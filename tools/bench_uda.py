@@ -113,20 +113,28 @@ def resolve(preset: str, method: str, seed: int, iters: int | None, overrides: l
     return build_config(*layers)
 
 
+def domains(cfg, data: dict):
+    """(labelled source, unlabelled target) of ``load_data``'s arrays, each normalised by its
+    own statistics at the config's clip percentiles."""
+    from masktwins_bio.train.domains import Domain
+
+    d = cfg.data
+    source = Domain.from_arrays("source", data["source_image"], data["source_labels"],
+                                d.low_pct, d.high_pct)
+    target = Domain.from_arrays("target", data["target_image"], None, d.low_pct, d.high_pct)
+    return source, target
+
+
 def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
     import torch
 
     from masktwins_bio.inference.window import predict_array
     from masktwins_bio.metrics import evaluate_volumes
-    from masktwins_bio.train.domains import Domain
     from masktwins_bio.train.trainer import Trainer
     import tempfile
 
     cfg.device = device
-    d = cfg.data
-    source = Domain.from_arrays("source", data["source_image"], data["source_labels"],
-                                d.low_pct, d.high_pct)
-    target = Domain.from_arrays("target", data["target_image"], None, d.low_pct, d.high_pct)
+    source, target = domains(cfg, data)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, source, target, Path(tmp), progress=sys.stderr.isatty())

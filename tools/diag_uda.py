@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 import bench_uda  # noqa: E402
 from masktwins_bio.inference.window import predict_array  # noqa: E402
 from masktwins_bio.metrics import evaluate_volumes  # noqa: E402
-from masktwins_bio.train.domains import Domain  # noqa: E402
 from masktwins_bio.train.trainer import Trainer  # noqa: E402
 
 
@@ -99,10 +98,7 @@ def warmup_teacher(direction: str, seed: int, overrides: list) -> dict:
     cfg = bench_uda.resolve("cpu", "mean-teacher", seed, None, overrides)
     cfg.iters, cfg.val_every = cfg.uda.warmup_iters, 10**9
     data = bench_uda.load_data(direction)
-    d = cfg.data
-    source = Domain.from_arrays("source", data["source_image"], data["source_labels"],
-                                d.low_pct, d.high_pct)
-    target = Domain.from_arrays("target", data["target_image"], None, d.low_pct, d.high_pct)
+    source, target = bench_uda.domains(cfg, data)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, source, target, Path(tmp), progress=False)
         trainer.fit()
@@ -153,10 +149,7 @@ def main() -> int:
     cfg = bench_uda.resolve("cpu", args.method, args.seed, None, args.overrides)
     cfg.val_every, cfg.device = args.every, args.device
     data = bench_uda.load_data(args.direction)
-    d = cfg.data
-    source = Domain.from_arrays("source", data["source_image"], data["source_labels"],
-                                d.low_pct, d.high_pct)
-    target = Domain.from_arrays("target", data["target_image"], None, d.low_pct, d.high_pct)
+    source, target = bench_uda.domains(cfg, data)
     step = max(1, target.image.shape[0] // max(1, args.sections - 1))
     watch = (target.image[::step], np.asarray(data["target_labels"][::step], bool))
     with tempfile.TemporaryDirectory() as tmp:
