@@ -94,6 +94,12 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def writer_gone(pid: int) -> bool:
+    """Whether a temporary named after its writer ``pid`` is stale: that process no longer runs,
+    or it is this process (which starts its write again)."""
+    return pid == os.getpid() or not process_alive(pid)
+
+
 def remove_path(path: Path) -> None:
     """Delete a file, link or folder tree (a folder's contents too); missing is fine."""
     if path.is_dir() and not path.is_symlink():

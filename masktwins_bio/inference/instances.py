@@ -28,14 +28,13 @@ import contextlib
 import glob
 import itertools
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from ..data.partial import PartialOutput
-from ..data.paths import process_alive, remove_path
+from ..data.paths import remove_path, writer_gone
 from ..errors import InputError, job_stopped
 from .outputs import check_new_output, check_parent
 
@@ -156,7 +155,7 @@ def _remove_stale_partials(output: Path) -> None:
     for path in output.parent.glob(".*" + glob.escape(output.name) + ".*.partial*"):
         match = old.fullmatch(path.name)
         pid = int(match.group(1)) if match else None
-        if pid is not None and (pid == os.getpid() or not process_alive(pid)):
+        if pid is not None and writer_gone(pid):
             remove_path(path)
 
 

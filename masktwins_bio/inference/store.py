@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.paths import process_alive, remove_path, write_json_atomic
+from ..data.paths import remove_path, write_json_atomic, writer_gone
 from ..errors import ConfigError, InputError, WriteStopped
 from .ledger import LedgerWriter, ledger_dir, read_run, write_run
 from .outputs import check_replaceable, check_writable
@@ -154,7 +154,7 @@ def remove_stale_skeletons(out: Path) -> None:
     for path in out.parent.glob("." + glob_escape(out.name) + ".*.tmp"):
         match = name.fullmatch(path.name)
         pid = int(match.group(1)) if match else None
-        if pid is not None and (pid == os.getpid() or not process_alive(pid)):
+        if pid is not None and writer_gone(pid):
             remove_path(path)
 
 

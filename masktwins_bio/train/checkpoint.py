@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.paths import process_alive
+from ..data.paths import writer_gone
 from ..errors import CheckpointError
 
 FORMAT = "masktwins-bio/1"
@@ -42,7 +42,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             pid = int(tmp.name.rsplit(".", 2)[-2])
         except ValueError:
             continue  # not one of ours
-        if pid != os.getpid() and process_alive(pid):
+        if not writer_gone(pid):
             continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
