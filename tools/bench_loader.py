@@ -5,10 +5,12 @@ Prints, in one run:
     collation, default DataLoader workers) fed from an on-disk OME-Zarr and from an in-memory
     array, and their ratio (goal: zarr ≥ 0.8 × memory); also the CPU time per batch of both
     (main process + workers), whose ratio does not depend on what else the machine runs;
-  * crops/s of 256² 2D and 64×128² 3D crops (read + normalise + collate, default workers) from a
-    ≥ 4 GB zarr volume (goals: ≥ 1,000 and ≥ 200 on 2 cores);
-  * the peak RSS of a process sampling augmented crops from that ≥ 4 GB volume, and from a small
-    one (goal: below 1 GB, independent of the volume size).
+  * crops/s of 256² 2D and 64×128² 3D crops (read + normalise + collate, default workers: with
+    no per-item augmentation these are threads of this process, see masktwins_bio.data.prefetch)
+    from a ≥ 4 GB zarr volume (goals: ≥ 1,000 and ≥ 200 on 2 cores);
+  * the peak RSS of a process sampling augmented crops, then plain crops through those threaded
+    loaders, from that ≥ 4 GB volume and from a small one (goal: below 1 GB, independent of the
+    volume size).
 
 The volumes (chunked like ``convert``'s default) are generated once into --workdir (default
 $TMPDIR/masktwins-bench) and reused; delete it after changing the default chunks.
@@ -158,12 +160,18 @@ def crop_rates(big: Path, seconds: float, workers: int | None) -> dict:
 
 
 def rss_probe(path: str, n: int) -> None:
-    """Child process: sample augmented 2D and 3D crops in-process, print peak RSS (bytes)."""
-    from masktwins_bio.data.sampling import CropDataset
+    """Child process: sample augmented 2D and 3D crops in-process, then ``n`` crops of each
+    through the loaders of ``crop_rates`` (threads of this process: their prefetched batches
+    and buffer pool count here); print the peak RSS (bytes)."""
+    from masktwins_bio.data.sampling import CropDataset, make_loader
     for crop in ((256, 256), (64, 128, 128)):
         ds = CropDataset(path, crop=crop, seed=2)
         for i in range(n):
             ds[i]
+    for crop, batch in (((256, 256), 64), ((64, 128, 128), 8)):
+        loader = make_loader(CropDataset(path, crop=crop, seed=3, transform=None), batch)
+        for _, _ in zip(range(-(-n // batch)), loader):
+            pass
     with open("/proc/self/status") as fh:
         hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
     print(hwm)
@@ -221,8 +229,9 @@ def main() -> None:
           f"crops/s on {cores} otherwise idle cores")
     rss_big = peak_rss(big, args.rss_crops)
     rss_small = peak_rss(small, args.rss_crops)
-    print(f"peak RSS sampling augmented crops: {rss_big:.2f} GB from the {volume_gb:.1f} GB "
-          f"volume, {rss_small:.2f} GB from the {np.prod(SMALL_SHAPE) / 1e9:.2f} GB one "
+    print(f"peak RSS sampling augmented and loader crops: {rss_big:.2f} GB from the "
+          f"{volume_gb:.1f} GB volume, {rss_small:.2f} GB from the "
+          f"{np.prod(SMALL_SHAPE) / 1e9:.2f} GB one "
           "(goal < 1 GB, size-independent)")
     if args.json:
         print(json.dumps({"zarr_vs_memory": round(ratio, 3),

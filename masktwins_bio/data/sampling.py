@@ -21,8 +21,10 @@ using a coarse foreground index computed once per label volume (see :mod:`.stats
 ``image``/``labels`` may be specs, :class:`~.volumes.Volume` objects or numpy (Z, Y, X) arrays
 (in memory). Volumes open lazily in each DataLoader worker.
 
-:func:`make_loader` wraps it in a DataLoader with persistent workers, pinned memory (on CUDA)
-and prefetching, starting at item ``start`` (resume).
+:func:`make_loader` serves its batches with prefetching and pinned memory (on CUDA), starting
+at item ``start`` (resume): from threads of this process when items need no per-item Python
+work and every read goes through tensorstore or memory (:mod:`.prefetch`), else from a
+DataLoader with persistent worker processes.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import InputError
 from .augment import apply_seeded, default_transforms, seed_for
 from .normalize import IntensityStats, compute_stats
+from .prefetch import POOL, ThreadedLoader
 from .stats import INDEX_CELL, foreground_index, volume_stats
 from .volumes import Volume, binarise_labels, binarise_region, open_volume
 
@@ -122,6 +125,15 @@ class CropDataset(Dataset):
             self._vols = (fast(self._image_src), fast(self._label_src))
             self._pid = os.getpid()
         return self._vols
+
+    def reads_in_threads(self) -> bool:
+        """True when threads of one process can build batches in parallel: no per-item Python
+        transform, and every volume in memory or read through tensorstore (thread-safe, and
+        outside the GIL). Other readers (HDF5, TIFF, slice folders) keep worker processes."""
+        if self.transform is not None:
+            return False
+        return all(vol is None or isinstance(vol, np.ndarray) or vol.reads_in_parallel
+                   for vol in self._volumes())
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -245,7 +257,8 @@ def _normalise(image: np.ndarray, stats: IntensityStats | None) -> np.ndarray:
 
 def _batch_tensor(shape: tuple) -> torch.Tensor:
     """An empty float32 tensor; in a DataLoader worker it lives in shared memory already, as
-    ``default_collate`` does it, so sending it to the main process copies nothing."""
+    ``default_collate`` does it, so sending it to the main process copies nothing; elsewhere
+    it comes from the reusing :data:`~.prefetch.POOL`."""
     from torch.utils.data import get_worker_info
     if get_worker_info() is not None:
         try:
@@ -253,8 +266,8 @@ def _batch_tensor(shape: tuple) -> torch.Tensor:
             storage = torch.empty(0)._typed_storage()._new_shared(numel, device="cpu")
             return torch.empty(0).new(storage).resize_(shape)
         except (AttributeError, RuntimeError):  # private API moved: plain memory still works
-            pass
-    return torch.empty(shape, dtype=torch.float32)
+            return torch.empty(shape, dtype=torch.float32)
+    return POOL.empty(shape)
 
 
 def _plain_tensor(x) -> torch.Tensor:
@@ -287,18 +300,24 @@ def default_workers() -> int:
 
 def make_loader(dataset: CropDataset, batch_size: int, start: int = 0,
                 workers: int | None = None, pin_memory: bool | None = None,
-                prefetch_factor: int = 4) -> DataLoader:
-    """A DataLoader of batches of items ``start, start+1, …`` (resume = pass the next item
+                prefetch_factor: int | None = None):
+    """A loader of batches of items ``start, start+1, …`` (resume = pass the next item
     index); batch ``k`` holds items ``start + k*batch_size …``, collated like default_collate
-    (``index`` and ``origin`` become tensors)."""
+    (``index`` and ``origin`` become tensors). ``workers`` threads build them when the dataset
+    allows it (:meth:`CropDataset.reads_in_threads`; see :mod:`.prefetch` for why), else a
+    DataLoader with that many persistent worker processes; 0 builds each batch when asked.
+    ``prefetch_factor``: batches built ahead per worker (default 2 for threads, which hand a
+    batch over at no cost, 4 for processes)."""
     workers = default_workers() if workers is None else int(workers)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    kwargs = dict(persistent_workers=True, prefetch_factor=prefetch_factor) if workers else {}
+    sampler = _BatchRanges(start, len(dataset), int(batch_size))
+    if workers and dataset.reads_in_threads():
+        return ThreadedLoader(dataset, sampler, workers, prefetch_factor or 2, pin)
+    kwargs = dict(persistent_workers=True, prefetch_factor=prefetch_factor or 4) if workers else {}
     if workers:
         from .formats.tensorstore_reader import used_in_this_process
         if used_in_this_process():  # forked workers could not use tensorstore
             kwargs["multiprocessing_context"] = "forkserver"
     # Whole batches are built by the dataset (one buffer per key, no stacking copies).
-    return DataLoader(dataset, batch_size=None,
-                      sampler=_BatchRanges(start, len(dataset), int(batch_size)),
-                      num_workers=workers, pin_memory=pin, **kwargs)
+    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
+                      pin_memory=pin, **kwargs)

@@ -171,6 +171,13 @@ class Volume:
             accelerate(self)
 
     @property
+    def reads_in_parallel(self) -> bool:
+        """True when this volume is read through tensorstore: thread-safe reads that run
+        outside the GIL, so threads of one process can read at once."""
+        from .formats.tensorstore_reader import TensorStoreArray
+        return isinstance(self._source.array, TensorStoreArray)
+
+    @property
     def output_voxel_size(self) -> tuple | None:
         """(z, y, x) nm for outputs of this volume (predictions, conversions, labels): its
         voxel size, or for a single 2D image its pixel size with a z of 1 (one section, of no
