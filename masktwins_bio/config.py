@@ -60,7 +60,7 @@ class DataConfig:
     foreground_prob: float = 0.0            # chance that a source crop is drawn around foreground
     # Read crops from disk: "auto" (volumes > 1 GiB), "always" or "never" (load into memory).
     stream: str = "auto"
-    workers: int = -1                       # DataLoader workers when streaming (-1: default)
+    workers: int = -1                       # loader threads/processes when streaming (-1: default)
     kind: str = "em"                        # "em" volumes or "natural" RGB scenes (GTA5...)
 
 

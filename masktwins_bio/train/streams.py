@@ -1,7 +1,8 @@
 """A training domain read from disk crop by crop, for volumes larger than memory.
 
 ``StreamedDomain`` wraps the data layer's ``CropDataset`` (chunked reads, stored per-volume
-statistics, optional foreground-balanced sampling) in a DataLoader with persistent workers.
+statistics, optional foreground-balanced sampling) in the data layer's loader (threads of this
+process for zarr and in-memory volumes, else DataLoader worker processes).
 Item ``i`` of the dataset depends only on its seed and ``i``; iteration ``t`` takes items
 ``[t*n, (t+1)*n)``, so a resumed run reads exactly the crops an uninterrupted run would.
 Spatial flips and rotations are drawn per iteration, as for in-memory domains.
