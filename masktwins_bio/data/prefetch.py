@@ -106,8 +106,8 @@ class _ThreadedIterator:
     def __init__(self, loader: ThreadedLoader):
         self._loader = loader
         self._ranges = iter(loader.sampler)
-        self._pool = ThreadPoolExecutor(loader.num_workers,
-                                        thread_name_prefix="masktwins-loader")
+        self._executor = ThreadPoolExecutor(loader.num_workers,
+                                            thread_name_prefix="masktwins-loader")
         self._pending: collections.deque = collections.deque()
         for _ in range(loader.num_workers * loader.prefetch_factor):
             if not self._submit():
@@ -118,8 +118,8 @@ class _ThreadedIterator:
         if indices is None:
             return False
         # the job holds the dataset, not this iterator, so dropping the iterator shuts it down
-        self._pending.append(self._pool.submit(_build, self._loader.dataset, indices,
-                                               self._loader.pin_memory))
+        self._pending.append(self._executor.submit(_build, self._loader.dataset, indices,
+                                                   self._loader.pin_memory))
         return True
 
     def __iter__(self) -> "_ThreadedIterator":
@@ -141,9 +141,9 @@ class _ThreadedIterator:
     def close(self) -> None:
         """Stop the threads; batches already being built are finished and dropped."""
         self._pending.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def __del__(self):
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

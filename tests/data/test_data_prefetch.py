@@ -95,7 +95,7 @@ def test_a_failed_batch_raises_its_own_error_in_order_and_stops_the_threads():
     assert next(it)["index"].tolist() == [4, 5]
     with pytest.raises(InputError, match="damaged"):
         next(it)
-    assert it._pool._shutdown
+    assert it._executor._shutdown
     with pytest.raises(StopIteration):
         next(it)
 
@@ -104,7 +104,7 @@ def test_an_abandoned_iterator_shuts_its_threads_down():
     ds = CropDataset(IMG, crop=(16, 16), seed=0, length=10**6, transform=None)
     it = iter(make_loader(ds, 4, workers=2))
     next(it)
-    pool = it._pool
+    executor = it._executor
     del it
     gc.collect()
-    assert pool._shutdown
+    assert executor._shutdown
