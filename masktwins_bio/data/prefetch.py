@@ -11,15 +11,18 @@ In one process the batch buffers can also be reused safely (:class:`BufferPool`)
 worker cannot do with memory it has handed to another process.
 
 :class:`ThreadedLoader` is what :func:`~.sampling.make_loader` returns for such datasets; it
-iterates like the DataLoader it replaces (same batches, same order, exceptions raised as they
-are, not wrapped).
+gives the batches of the DataLoader it replaces, in the same order. Unlike it, a batch that
+fails raises its own exception (not a wrapped copy) and ends the iteration. Its threads are
+daemons: they only read, and a process that exits does not wait for batches built ahead.
 """
 from __future__ import annotations
 
 import collections
+import os
+import queue
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -30,10 +33,15 @@ class BufferPool:
 
     Each tensor handed out wraps a fresh ndarray over a pooled ``bytearray``. numpy views of
     that ndarray, ``torch.from_numpy`` tensors and their views, and ``.numpy()`` of those all
-    keep the ndarray alive (numpy stops collapsing view chains at an array that does not own
-    its memory), so its finalizer runs only after the last of them is gone, and only then is
-    the bytearray lent again. Fresh memory for every batch is what costs: the kernel faults in
-    and zeroes each new page (about 3 ms per 4 MB on the development VM). Idle buffers are kept
+    keep the ndarray alive (numpy collapses view chains only down to the last ndarray, and
+    this one's base is the bytearray's memoryview), so its finalizer runs only after the last
+    of them is gone, and only then is the bytearray lent again. One exception:
+    ``share_memory_()`` (or sending the tensor through a ``torch.multiprocessing`` queue)
+    moves the tensor to new memory and drops the old, so a ``.numpy()`` array taken before it
+    would then see a later batch, where plain torch would leave it on freed memory.
+
+    Why pool at all: fresh memory for every batch is what costs, the kernel faulting in and
+    zeroing each new page (about 3 ms per 4 MB on the development VM). Idle buffers are kept
     up to ``keep_bytes`` in all; beyond that a returned buffer is freed.
     """
 
@@ -64,6 +72,10 @@ class BufferPool:
                 self._idle[len(buf)].append(buf)
                 self._idle_bytes += len(buf)
 
+    def renew_lock(self) -> None:
+        """A new lock, for a forked child: a loader thread of the parent may hold the old one."""
+        self._lock = threading.RLock()
+
     def idle(self) -> int:
         """Buffers waiting to be lent again (all sizes)."""
         with self._lock:
@@ -71,6 +83,7 @@ class BufferPool:
 
 
 POOL = BufferPool()
+os.register_at_fork(after_in_child=POOL.renew_lock)
 
 
 class ThreadedLoader:
@@ -82,8 +95,8 @@ class ThreadedLoader:
 
     def __init__(self, dataset, sampler, workers: int, prefetch_factor: int = 2,
                  pin_memory: bool = False):
-        if workers < 1:
-            raise ValueError("ThreadedLoader needs at least one thread")
+        if workers < 1 or prefetch_factor < 1:
+            raise ValueError("ThreadedLoader needs at least one thread and one batch ahead")
         self.dataset, self.sampler = dataset, sampler
         self.num_workers, self.prefetch_factor = int(workers), int(prefetch_factor)
         self.pin_memory = bool(pin_memory)
@@ -102,13 +115,35 @@ def _build(dataset, indices, pin_memory: bool) -> dict:
     return batch
 
 
+def _serve(jobs: queue.SimpleQueue) -> None:
+    """A loader thread: build the batch of each job until told to stop (``None``)."""
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        future, dataset, indices, pin_memory = job
+        if not future.set_running_or_notify_cancel():
+            continue  # the iterator closed before this batch was started
+        try:
+            future.set_result(_build(dataset, indices, pin_memory))
+        except BaseException as err:  # raised again, in order, by the iterator
+            future.set_exception(err)
+        del job, future  # hold no batch while waiting for the next job
+
+
 class _ThreadedIterator:
     def __init__(self, loader: ThreadedLoader):
         self._loader = loader
         self._ranges = iter(loader.sampler)
-        self._executor = ThreadPoolExecutor(loader.num_workers,
-                                            thread_name_prefix="masktwins-loader")
+        # The threads hold the job queue, never this iterator: dropping the iterator closes it.
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=_serve, args=(self._jobs,), daemon=True,
+                                          name=f"masktwins-loader-{k}")
+                         for k in range(loader.num_workers)]
+        for thread in self._threads:
+            thread.start()
         self._pending: collections.deque = collections.deque()
+        self._closed = False
         for _ in range(loader.num_workers * loader.prefetch_factor):
             if not self._submit():
                 break
@@ -117,9 +152,9 @@ class _ThreadedIterator:
         indices = next(self._ranges, None)
         if indices is None:
             return False
-        # the job holds the dataset, not this iterator, so dropping the iterator shuts it down
-        self._pending.append(self._executor.submit(_build, self._loader.dataset, indices,
-                                                   self._loader.pin_memory))
+        future: Future = Future()
+        self._pending.append(future)
+        self._jobs.put((future, self._loader.dataset, indices, self._loader.pin_memory))
         return True
 
     def __iter__(self) -> "_ThreadedIterator":
@@ -138,12 +173,21 @@ class _ThreadedIterator:
         self._submit()
         return batch
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        """Stop the threads; batches already being built are finished and dropped."""
+        """Stop the threads; batches not yet started are never built."""
+        if self._closed:
+            return
+        self._closed = True
+        for future in self._pending:
+            future.cancel()
         self._pending.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._jobs.put(None)
 
     def __del__(self):
-        executor = getattr(self, "_executor", None)
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        if getattr(self, "_jobs", None) is not None:
+            self.close()

@@ -29,6 +29,7 @@ DataLoader with persistent worker processes.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import torch
@@ -40,6 +41,17 @@ from .normalize import IntensityStats, compute_stats
 from .prefetch import POOL, ThreadedLoader
 from .stats import INDEX_CELL, foreground_index, volume_stats
 from .volumes import Volume, binarise_labels, binarise_region, open_volume
+
+
+_OPENING = threading.Lock()
+
+
+def _renew_opening_lock() -> None:  # a forked child: a thread of the parent may have held it
+    global _OPENING
+    _OPENING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_opening_lock)
 
 
 def _as_3d(arr: np.ndarray) -> np.ndarray:
@@ -117,13 +129,15 @@ class CropDataset(Dataset):
 
     def _volumes(self):
         if self._pid != os.getpid():  # first use in this process (each worker opens its own)
-            def fast(src):
-                if isinstance(src, np.ndarray) or src is None:
-                    return src
-                spec = src.path if isinstance(src, Volume) else src
-                return open_volume(spec, reader=self.reader)
-            self._vols = (fast(self._image_src), fast(self._label_src))
-            self._pid = os.getpid()
+            with _OPENING:  # loader threads may all ask first: open once
+                if self._pid != os.getpid():
+                    def fast(src):
+                        if isinstance(src, np.ndarray) or src is None:
+                            return src
+                        spec = src.path if isinstance(src, Volume) else src
+                        return open_volume(spec, reader=self.reader)
+                    self._vols = (fast(self._image_src), fast(self._label_src))
+                    self._pid = os.getpid()
         return self._vols
 
     def reads_in_threads(self) -> bool:
@@ -132,8 +146,16 @@ class CropDataset(Dataset):
         outside the GIL). Other readers (HDF5, TIFF, slice folders) keep worker processes."""
         if self.transform is not None:
             return False
-        return all(vol is None or isinstance(vol, np.ndarray) or vol.reads_in_parallel
-                   for vol in self._volumes())
+        vols = self._volumes()
+        if all(vol is None or isinstance(vol, np.ndarray) or vol.reads_in_parallel
+               for vol in vols):
+            return True
+        # worker processes will open their own: hold no file open in this one
+        for vol, src in zip(vols, (self._image_src, self._label_src)):
+            if isinstance(vol, Volume) and vol is not src:
+                vol.close()
+        self._vols, self._pid = None, None
+        return False
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -311,9 +333,12 @@ def make_loader(dataset: CropDataset, batch_size: int, start: int = 0,
     workers = default_workers() if workers is None else int(workers)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     sampler = _BatchRanges(start, len(dataset), int(batch_size))
-    if workers and dataset.reads_in_threads():
-        return ThreadedLoader(dataset, sampler, workers, prefetch_factor or 2, pin)
-    kwargs = dict(persistent_workers=True, prefetch_factor=prefetch_factor or 4) if workers else {}
+    threads = getattr(dataset, "reads_in_threads", None)
+    if workers and threads is not None and threads():
+        ahead = 2 if prefetch_factor is None else prefetch_factor
+        return ThreadedLoader(dataset, sampler, workers, ahead, pin)
+    ahead = 4 if prefetch_factor is None else prefetch_factor
+    kwargs = dict(persistent_workers=True, prefetch_factor=ahead) if workers else {}
     if workers:
         from .formats.tensorstore_reader import used_in_this_process
         if used_in_this_process():  # forked workers could not use tensorstore

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,7 +89,7 @@ class _FailsAt(CropDataset):
         return super().batch(indices)
 
 
-def test_a_failed_batch_raises_its_own_error_in_order_and_stops_the_threads():
+def test_a_failed_batch_raises_its_own_error_in_order_and_ends_the_iteration():
     ds = _FailsAt(IMG, crop=(16, 16), seed=0, length=12, transform=None)
     it = iter(make_loader(ds, 2, workers=2))
     assert next(it)["index"].tolist() == [0, 1]
@@ -95,16 +97,62 @@ def test_a_failed_batch_raises_its_own_error_in_order_and_stops_the_threads():
     assert next(it)["index"].tolist() == [4, 5]
     with pytest.raises(InputError, match="damaged"):
         next(it)
-    assert it._executor._shutdown
+    assert it.closed
     with pytest.raises(StopIteration):
         next(it)
 
 
-def test_an_abandoned_iterator_shuts_its_threads_down():
+def test_an_abandoned_iterator_stops_its_threads():
     ds = CropDataset(IMG, crop=(16, 16), seed=0, length=10**6, transform=None)
     it = iter(make_loader(ds, 4, workers=2))
     next(it)
-    executor = it._executor
+    threads = it._threads
     del it
     gc.collect()
-    assert executor._shutdown
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+EXITING = """
+import sys, time
+import numpy as np
+from masktwins_bio.data.sampling import CropDataset, make_loader
+
+class Slow(CropDataset):
+    def batch(self, indices):
+        time.sleep(0.3)
+        with open(sys.argv[1], "a") as log:
+            print(indices[0], file=log)
+        return super().batch(indices)
+
+ds = Slow(np.arange(2048, dtype=np.uint8).reshape(2, 32, 32), crop=(16, 16), length=100,
+          transform=None)
+loader = make_loader(ds, 2, workers=1, prefetch_factor=8)
+it = iter(loader)
+next(it)
+"""
+
+
+def test_an_exiting_process_does_not_build_the_batches_queued_ahead(tmp_path):
+    log = tmp_path / "built.txt"
+    subprocess.run([sys.executable, "-c", EXITING, str(log)], check=True, timeout=120)
+    built = log.read_text().split()
+    assert 1 <= len(built) <= 3  # the first batch, and at most the one or two in progress
+
+
+def test_a_dataset_that_keeps_worker_processes_holds_no_file_open(volumes):
+    _, tiff = volumes
+    ds = CropDataset(tiff, crop=(16, 16), seed=0, length=8, transform=None)
+    assert not ds.reads_in_threads()
+    assert ds._vols is None  # each worker process opens its own
+    batches = list(make_loader(ds, 4, workers=1))
+    assert [b["index"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_threads_pin_batches_for_cuda():
+    ds = CropDataset(IMG, crop=(16, 16), seed=0, length=8, transform=None)
+    batch = next(iter(make_loader(ds, 4, workers=2, pin_memory=True)))
+    assert batch["image"].is_pinned() and batch["origin"].is_pinned()

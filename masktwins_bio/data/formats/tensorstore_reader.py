@@ -11,10 +11,20 @@ when this process has used tensorstore.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
 _CONTEXT = {"pid": None, "context": None}
+_CREATING = threading.Lock()
+
+
+def _renew_lock() -> None:  # a forked child: a thread of the parent may have held it
+    global _CREATING
+    _CREATING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_lock)
 
 
 def used_in_this_process() -> bool:
@@ -28,6 +38,11 @@ def _inherited_across_fork() -> bool:
 
 def _context():
     import tensorstore as ts
+    with _CREATING:  # loader threads may open volumes at once: one context per process
+        return _context_locked(ts)
+
+
+def _context_locked(ts):
     if _CONTEXT["pid"] != os.getpid():  # never reuse a context across fork
         cache_mb = int(os.environ.get("MASKTWINS_TS_CACHE_MB", "16"))
         # Many reads in flight: a volume larger than the page cache is read from disk, and
