@@ -42,7 +42,8 @@ class BufferPool:
 
     Why pool at all: fresh memory for every batch is what costs, the kernel faulting in and
     zeroing each new page (about 3 ms per 4 MB on the development VM). Idle buffers are kept
-    up to ``keep_bytes`` in all; beyond that a returned buffer is freed.
+    up to ``keep_bytes`` in all; beyond that a returned buffer is freed, and a request for a
+    size with no idle buffer frees the idle buffers of every other size.
     """
 
     def __init__(self, keep_bytes: int = 128 * 2**20):
@@ -60,6 +61,9 @@ class BufferPool:
             buf = idle.pop() if idle else None
             if buf is not None:
                 self._idle_bytes -= nbytes
+            else:  # a size not seen lately: buffers of other sizes (2D after 3D...) go
+                self._idle = collections.defaultdict(list, {nbytes: idle})
+                self._idle_bytes = 0
         if buf is None:
             buf = bytearray(nbytes)
         flat = np.frombuffer(buf, np.float32)

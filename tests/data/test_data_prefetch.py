@@ -57,6 +57,19 @@ def test_the_pool_keeps_a_bounded_number_of_idle_bytes():
     assert pool.idle() == 2
 
 
+def test_a_new_size_frees_the_idle_buffers_of_other_sizes():
+    pool = BufferPool()
+    small = [pool.empty((4,)) for _ in range(3)]
+    del small
+    gc.collect()
+    assert pool.idle() == 3
+    large = pool.empty((8,))
+    assert pool.idle() == 0
+    del large
+    gc.collect()
+    assert pool.idle() == 1
+
+
 def test_threads_serve_tensorstore_volumes_and_give_the_unthreaded_batches(volumes):
     image, _ = volumes
     ds = CropDataset(image, f"{image}:labels/mito", crop=(2, 16, 16), seed=3, length=40,
