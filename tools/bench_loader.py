@@ -8,9 +8,9 @@ Prints, in one run:
   * crops/s of 256² 2D and 64×128² 3D crops (read + normalise + collate, default workers: with
     no per-item augmentation these are threads of this process, see masktwins_bio.data.prefetch)
     from a ≥ 4 GB zarr volume (goals: ≥ 1,000 and ≥ 200 on 2 cores);
-  * the peak RSS of a process sampling augmented crops, then plain crops through those threaded
-    loaders, from that ≥ 4 GB volume and from a small one (goal: below 1 GB, independent of the
-    volume size).
+  * the peak RSS of a process sampling augmented crops, and of one sampling plain crops through
+    those threaded loaders (the larger is reported), from that ≥ 4 GB volume and from a small
+    one (goal: below 1 GB, independent of the volume size).
 
 The volumes (chunked like ``convert``'s default) are generated once into --workdir (default
 $TMPDIR/masktwins-bench) and reused; delete it after changing the default chunks.
@@ -159,28 +159,35 @@ def crop_rates(big: Path, seconds: float, workers: int | None) -> dict:
     return out
 
 
-def rss_probe(path: str, n: int) -> None:
-    """Child process: sample augmented 2D and 3D crops in-process, then ``n`` crops of each
-    through the loaders of ``crop_rates`` (threads of this process: their prefetched batches
-    and buffer pool count here); print the peak RSS (bytes)."""
+def rss_probe(path: str, n: int, mode: str) -> None:
+    """Child process: sample ``n`` crops of 2D then 3D from ``path``, either augmented one by
+    one in-process (``augmented``) or plain through the loaders of ``crop_rates`` (``loader``:
+    threads of this process, whose prefetched batches and buffer pool count here); print the
+    peak RSS (bytes)."""
     from masktwins_bio.data.sampling import CropDataset, make_loader
-    for crop in ((256, 256), (64, 128, 128)):
-        ds = CropDataset(path, crop=crop, seed=2)
-        for i in range(n):
-            ds[i]
-    for crop, batch in (((256, 256), 64), ((64, 128, 128), 8)):
-        loader = make_loader(CropDataset(path, crop=crop, seed=3, transform=None), batch)
-        for _, _ in zip(range(-(-n // batch)), loader):
-            pass
+    if mode == "augmented":
+        for crop in ((256, 256), (64, 128, 128)):
+            ds = CropDataset(path, crop=crop, seed=2)
+            for i in range(n):
+                ds[i]
+    else:
+        for crop, batch in (((256, 256), 64), ((64, 128, 128), 8)):
+            loader = make_loader(CropDataset(path, crop=crop, seed=3, transform=None), batch)
+            for _, _ in zip(range(-(-n // batch)), loader):
+                pass
     with open("/proc/self/status") as fh:
         hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
     print(hwm)
 
 
-def peak_rss(path: Path, n: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--rss-probe", str(path), "--n", str(n)],
-                         capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1e9
+def peak_rss(path: Path, n: int) -> dict:
+    """Peak RSS (GB) of each sampling mode, each in its own process as a training run is."""
+    out = {}
+    for mode in ("augmented", "loader"):
+        run = subprocess.run([sys.executable, __file__, "--rss-probe", str(path), "--n", str(n),
+                              "--rss-mode", mode], capture_output=True, text=True, check=True)
+        out[mode] = int(run.stdout.strip().splitlines()[-1]) / 1e9
+    return out
 
 
 def main() -> None:
@@ -193,12 +200,13 @@ def main() -> None:
     p.add_argument("--rss-crops", type=int, default=300)
     p.add_argument("--json", action="store_true")
     p.add_argument("--rss-probe", help=argparse.SUPPRESS)
+    p.add_argument("--rss-mode", default="augmented", help=argparse.SUPPRESS)
     p.add_argument("--pipeline-probe", choices=("zarr", "memory"), help=argparse.SUPPRESS)
     p.add_argument("--small", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=300, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rss_probe:
-        rss_probe(args.rss_probe, args.n)
+        rss_probe(args.rss_probe, args.n, args.rss_mode)
         return
     if args.pipeline_probe:
         pipeline_probe(args.small, args.pipeline_probe, args.seconds, args.workers, args.batch)
@@ -227,12 +235,14 @@ def main() -> None:
           f"{crops['2d_cpu_ms']:.2f} ms, 3D {crops['3d_cpu_ms']:.2f} ms, i.e. "
           f"{cores * 1e3 / crops['2d_cpu_ms']:.0f} and {cores * 1e3 / crops['3d_cpu_ms']:.0f} "
           f"crops/s on {cores} otherwise idle cores")
-    rss_big = peak_rss(big, args.rss_crops)
-    rss_small = peak_rss(small, args.rss_crops)
-    print(f"peak RSS sampling augmented and loader crops: {rss_big:.2f} GB from the "
-          f"{volume_gb:.1f} GB volume, {rss_small:.2f} GB from the "
-          f"{np.prod(SMALL_SHAPE) / 1e9:.2f} GB one "
-          "(goal < 1 GB, size-independent)")
+    rss_big_modes = peak_rss(big, args.rss_crops)
+    rss_small_modes = peak_rss(small, args.rss_crops)
+    rss_big, rss_small = max(rss_big_modes.values()), max(rss_small_modes.values())
+    print(f"peak RSS sampling crops: {rss_big:.2f} GB from the {volume_gb:.1f} GB volume, "
+          f"{rss_small:.2f} GB from the {np.prod(SMALL_SHAPE) / 1e9:.2f} GB one (goal < 1 GB, "
+          f"size-independent); augmented one by one / through the loader threads: "
+          f"{rss_big_modes['augmented']:.2f} / {rss_big_modes['loader']:.2f} GB and "
+          f"{rss_small_modes['augmented']:.2f} / {rss_small_modes['loader']:.2f} GB")
     if args.json:
         print(json.dumps({"zarr_vs_memory": round(ratio, 3),
                           "zarr_vs_memory_cpu": round(cpu_ratio, 3),

@@ -12,11 +12,15 @@ worker cannot do with memory it has handed to another process.
 
 :class:`ThreadedLoader` is what :func:`~.sampling.make_loader` returns for such datasets; it
 gives the batches of the DataLoader it replaces, in the same order. Unlike it, a batch that
-fails raises its own exception (not a wrapped copy) and ends the iteration. Its threads are
-daemons: they only read, and a process that exits does not wait for batches built ahead.
+fails raises its own exception (not a wrapped copy) and ends the iteration. A process that
+exits closes every live iterator first, so it waits only for the batches being built, not for
+those queued ahead. (Daemon threads would not wait at all, but a daemon thread stopped by the
+interpreter inside tensorstore's C++ aborts the process: "terminate called without an active
+exception".)
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import os
 import queue
@@ -135,19 +139,37 @@ def _serve(jobs: queue.SimpleQueue) -> None:
         del job, future  # hold no batch while waiting for the next job
 
 
+_LIVE: "weakref.WeakSet[_ThreadedIterator]" = weakref.WeakSet()
+
+
+def _close_live_iterators() -> None:
+    for iterator in list(_LIVE):
+        iterator.close()
+
+
+# threading's own exit hooks run before the interpreter joins non-daemon threads (atexit's run
+# after it, too late); concurrent.futures stops its pools the same way.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_close_live_iterators)
+else:  # pragma: no cover - a Python without the hook: exit waits for queued batches
+    atexit.register(_close_live_iterators)
+
+
 class _ThreadedIterator:
     def __init__(self, loader: ThreadedLoader):
         self._loader = loader
         self._ranges = iter(loader.sampler)
         # The threads hold the job queue, never this iterator: dropping the iterator closes it.
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=_serve, args=(self._jobs,), daemon=True,
+        self._threads = [threading.Thread(target=_serve, args=(self._jobs,),
                                           name=f"masktwins-loader-{k}")
                          for k in range(loader.num_workers)]
-        for thread in self._threads:
-            thread.start()
         self._pending: collections.deque = collections.deque()
         self._closed = False
+        _LIVE.add(self)
+        for thread in self._threads:
+            thread.start()
         for _ in range(loader.num_workers * loader.prefetch_factor):
             if not self._submit():
                 break
