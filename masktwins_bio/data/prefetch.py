@@ -32,6 +32,25 @@ import numpy as np
 import torch
 
 
+class ForkSafeLock:
+    """A lock (re-entrant if asked) that a forked child gets fresh: a thread of the parent may
+    have held it at the fork, and no thread of the child would ever release it."""
+
+    def __init__(self, reentrant: bool = False):
+        self._make = threading.RLock if reentrant else threading.Lock
+        self._lock = self._make()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._lock = self._make()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+
 class BufferPool:
     """float32 tensors whose memory is reused once nothing made from an earlier one is alive.
 
@@ -55,7 +74,7 @@ class BufferPool:
         self._idle: dict[int, list] = collections.defaultdict(list)
         self._idle_bytes = 0
         # re-entrant: a finalizer may run (garbage collection) inside ``empty`` on this thread
-        self._lock = threading.RLock()
+        self._lock = ForkSafeLock(reentrant=True)
 
     def empty(self, shape: tuple) -> torch.Tensor:
         """An uninitialised float32 tensor of ``shape`` (its memory may hold an earlier batch)."""
@@ -80,10 +99,6 @@ class BufferPool:
                 self._idle[len(buf)].append(buf)
                 self._idle_bytes += len(buf)
 
-    def renew_lock(self) -> None:
-        """A new lock, for a forked child: a loader thread of the parent may hold the old one."""
-        self._lock = threading.RLock()
-
     def idle(self) -> int:
         """Buffers waiting to be lent again (all sizes)."""
         with self._lock:
@@ -91,7 +106,6 @@ class BufferPool:
 
 
 POOL = BufferPool()
-os.register_at_fork(after_in_child=POOL.renew_lock)
 
 
 class ThreadedLoader:

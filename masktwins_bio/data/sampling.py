@@ -29,7 +29,6 @@ DataLoader with persistent worker processes.
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import torch
@@ -38,20 +37,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import InputError
 from .augment import apply_seeded, default_transforms, seed_for
 from .normalize import IntensityStats, compute_stats
-from .prefetch import POOL, ThreadedLoader
+from .prefetch import POOL, ForkSafeLock, ThreadedLoader
 from .stats import INDEX_CELL, foreground_index, volume_stats
 from .volumes import Volume, binarise_labels, binarise_region, open_volume
 
 
-_OPENING = threading.Lock()
-
-
-def _renew_opening_lock() -> None:  # a forked child: a thread of the parent may have held it
-    global _OPENING
-    _OPENING = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_renew_opening_lock)
+_OPENING = ForkSafeLock()
 
 
 def _as_3d(arr: np.ndarray) -> np.ndarray:

@@ -11,20 +11,13 @@ when this process has used tensorstore.
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 
+from ..prefetch import ForkSafeLock
+
 _CONTEXT = {"pid": None, "context": None}
-_CREATING = threading.Lock()
-
-
-def _renew_lock() -> None:  # a forked child: a thread of the parent may have held it
-    global _CREATING
-    _CREATING = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_renew_lock)
+_CREATING = ForkSafeLock()
 
 
 def used_in_this_process() -> bool:
