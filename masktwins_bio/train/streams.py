@@ -50,5 +50,6 @@ class StreamedDomain:
             out_img.append(parts[0])
             if labels is not None:
                 out_lab.append(parts[1])
-        img = np.stack(out_img)[:, None].astype(np.float32)
-        return img, (np.stack(out_lab)[:, None].astype(np.float32) if out_lab else None)
+        img = np.stack(out_img)[:, None].astype(np.float32, copy=False)  # stack copied already
+        lab = np.stack(out_lab)[:, None].astype(np.float32, copy=False) if out_lab else None
+        return img, lab
