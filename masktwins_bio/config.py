@@ -23,7 +23,8 @@ CONTEXT_FRACTION = 8  # default teacher context per in-plane side: this fraction
 # Keys added after runs were saved (and benchmark runs cached), with the value every run saved
 # before them trained with: a resume must not pick up a default rule the run never had.
 ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
-               ("uda", "teacher_context"): 0, ("uda", "class_portion"): None}
+               ("uda", "teacher_context"): 0, ("uda", "class_portion"): None,
+               ("uda", "prior_match"): False, ("uda", "prior_momentum"): 0.99}
 
 
 @dataclass
@@ -116,6 +117,11 @@ class UDAConfig:
     # in that class's top `class_portion` over the batch, instead of those reaching tau (the
     # weight still counts voxels >= tau). None: off. Binary (EM) only.
     class_portion: float | None = None
+    # Prior-matched pseudo-labels (train/prior.py): the teacher's foreground threshold moves so
+    # that the share of target voxels it calls foreground is the source labels' share, a running
+    # mean with this momentum. Binary (EM) only; off by default (a screen, see README Results).
+    prior_match: bool = False
+    prior_momentum: float = 0.99
     lambda_cl: float = 1.0                  # weight of the (pseudo-label) consistency-learning term
     lambda_cm: float = 0.01                 # weight of the twins' logit MSE
     warmup_iters: int = 0                   # source-only iterations before target terms switch on

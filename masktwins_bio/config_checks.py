@@ -59,6 +59,11 @@ def validate(cfg: RunConfig) -> None:
     _check(portion is None or cfg.model.num_classes == 1,
            "uda.class_portion works for binary (EM) models only; leave it null for driving "
            "scenes.")
+    _check(not cfg.uda.prior_match or cfg.model.num_classes == 1,
+           "uda.prior_match works for binary (EM) models only; set it to false for driving "
+           "scenes.")
+    _check(0.0 <= cfg.uda.prior_momentum < 1.0,
+           f"uda.prior_momentum={cfg.uda.prior_momentum} must lie in [0, 1).")
     _check(cfg.uda.eval_model in ("teacher", "student"),
            f"uda.eval_model={cfg.uda.eval_model!r} is unknown; use teacher or student.")
     _check(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be positive.")

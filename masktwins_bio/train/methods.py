@@ -20,7 +20,9 @@ With a teacher context (``uda.teacher_context``; by default 1/8 of the crop side
 target crops are wider than the student's by that many voxels on each in-plane side: the
 teacher predicts the whole crop, and its pseudo-labels and the student's views are the inner
 part. With ``uda.teacher_flips`` (by default on EM) the pseudo-labels come from the teacher's
-mean logits over the four in-plane flips.
+mean logits over the four in-plane flips. With ``uda.prior_match`` (binary) the teacher's
+logits are shifted so that the share of foreground pseudo-labels follows the source prior
+(prior.py).
 
 ``uda.classmix`` adds, to every method with a teacher, the DACS term of the official code:
 L(student(source pasted onto target), ground truth where pasted, pseudo-labels elsewhere),
@@ -37,6 +39,7 @@ from ..masking import block_mask, complementary_twins, independent_masks
 from .classmix import class_mix, class_mix_masks
 from .losses import SegmentationLoss, class_balanced_keep, pseudo_label, twin_consistency
 from .multiclass import label_view, multiclass_pseudo_label
+from .prior import PriorMatch
 
 USES_TEACHER = {"mean-teacher", "mic", "rmask", "masktwins"}
 USES_MASKS = {"mic", "rmask", "masktwins"}
@@ -69,8 +72,10 @@ class StepOutput:
 def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module | None,
              seg_loss: SegmentationLoss, src_x: torch.Tensor, src_y: torch.Tensor,
              tgt_weak: torch.Tensor | None, tgt_strong: torch.Tensor | None,
-             gen: torch.Generator, adapt: bool, keep_views: bool = False) -> StepOutput:
-    """Total loss of one iteration and its terms. ``adapt`` is False during the warm-up."""
+             gen: torch.Generator, adapt: bool, keep_views: bool = False,
+             prior: PriorMatch | None = None) -> StepOutput:
+    """Total loss of one iteration and its terms. ``adapt`` is False during the warm-up;
+    ``prior`` (binary only) moves the pseudo-label threshold to the source prior."""
     sup = seg_loss(student(src_x), src_y)
     out = StepOutput(loss=sup, terms={"loss/source": float(sup.detach())})
     method = cfg.method
@@ -84,6 +89,10 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
     if cfg.teacher_context:
         inner = (..., *(slice(cfg.teacher_context, -cfg.teacher_context),) * 2)
         t_logits, tgt_weak, tgt_strong = t_logits[inner], tgt_weak[inner], tgt_strong[inner]
+    if prior is not None:  # pseudo-labels, confidence and weight from the shifted logits
+        bias = prior.update(t_logits, seg_loss.ctx)
+        t_logits = t_logits - bias
+        out.terms["pseudo/bias"] = bias
     keep = None  # binary: voxels the pseudo-label loss is restricted to (None: all)
     if n_classes > 1:  # softmax argmax; weight from the max class probability
         pseudo, weight, confident = multiclass_pseudo_label(t_logits, cfg.uda.tau,

@@ -27,6 +27,7 @@ from .domains import (STREAM_GLOBAL, STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN,
                       draw_batch, iteration_rng)
 from .ema import ema_update, make_teacher
 from .methods import USES_TEACHER, uda_step
+from .prior import PriorMatch, source_foreground_fraction
 from .multiclass import make_seg_loss
 
 
@@ -66,6 +67,9 @@ class Trainer:
                 print(f"encoder: {n} of {total} tensors from {cfg.model.pretrained}")
         self.student = self.student.to(self.device)
         self.teacher = make_teacher(self.student) if cfg.method in USES_TEACHER else None
+        self.prior = None
+        if cfg.uda.prior_match and self.teacher is not None:
+            self.prior = PriorMatch(source_foreground_fraction(source), cfg.uda.prior_momentum)
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=cfg.optim.lr,
                                           weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -91,6 +95,7 @@ class Trainer:
                       "target": None if self.target is None else self.target.stats.to_dict()},
             "best": dict(self.best),
             "history": list(self.history),
+            "prior": None if self.prior is None else self.prior.state_dict(),
         }
 
     def load_state(self, state: dict) -> None:
@@ -107,6 +112,8 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.best = dict(state["best"])
         self.history = list(state.get("history", []))
+        if self.prior is not None and state.get("prior") is not None:
+            self.prior.load_state_dict(state["prior"])
 
     def resume(self) -> None:
         if self.ctx.is_main:
@@ -165,7 +172,7 @@ class Trainer:
         with autocast(self.device, self.amp_dtype):
             out = uda_step(cfg, self.student, self.teacher, self.seg_loss, src_x, src_y,
                            tgt_weak, tgt_strong, gen, adapt=it >= cfg.uda.warmup_iters,
-                           keep_views=keep_views)
+                           keep_views=keep_views, prior=self.prior)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         average_gradients(self.student.parameters(), self.ctx)
