@@ -1,0 +1,90 @@
+"""Prior-matched pseudo-labels: the quantile, the running bias, the step, the trainer state."""
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from masktwins_bio.config import build_config
+from masktwins_bio.errors import ConfigError, InputError
+from masktwins_bio.train.losses import SegmentationLoss
+from masktwins_bio.train.methods import uda_step
+from masktwins_bio.train.prior import (LOGIT_RANGE, PriorMatch, logit_quantile,
+                                       source_foreground_fraction)
+
+PLAIN = {"teacher_flips": False, "teacher_context": 0}
+
+
+def test_logit_quantile_is_torch_quantile_to_a_bin():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 64, 64) * 3 + 1
+    for q in (0.05, 0.5, 0.93):
+        assert abs(logit_quantile(x, q) - float(torch.quantile(x.flatten(), q))) <= 1 / 64
+    # logits beyond the range count at its ends instead of being lost
+    assert logit_quantile(torch.full((100,), 1e4), 0.5) > LOGIT_RANGE[1] - 1 / 64
+
+
+def test_bias_is_a_running_mean_of_batch_quantiles_and_survives_state_dict():
+    prior = PriorMatch(0.1, momentum=0.9)
+    a, b = torch.linspace(-5, 5, 10001), torch.linspace(0, 10, 10001)
+    first = prior.update(a)
+    assert abs(first - 4.0) <= 1 / 64                 # 90th percentile of a
+    second = prior.update(b)
+    assert second == pytest.approx(0.9 * first + 0.1 * logit_quantile(b, 0.9))
+    copy = PriorMatch(0.5, momentum=0.9)
+    copy.load_state_dict(prior.state_dict())
+    assert (copy.prior, copy.bias) == (0.1, second)
+
+
+class Overconfident(torch.nn.Module):
+    """A teacher that calls everything above the 60th percentile of its input foreground."""
+
+    def forward(self, x):
+        return 4.0 * (x - torch.quantile(x.flatten(), 0.6))
+
+
+@pytest.mark.parametrize("prior_share", [0.05, 0.2])
+def test_pseudo_labels_hold_the_prior_share_of_foreground(prior_share):
+    cfg = build_config({"method": "masktwins", "uda": PLAIN})
+    torch.manual_seed(0)
+    student = torch.nn.Conv2d(1, 1, 1)
+    src_x, src_y = torch.randn(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    tgt = torch.randn(2, 1, 32, 32)
+
+    def step(prior):
+        return uda_step(cfg, student, Overconfident(), SegmentationLoss(), src_x, src_y, tgt,
+                        tgt, torch.Generator().manual_seed(0), adapt=True, prior=prior)
+
+    plain = step(None)
+    assert plain.terms["pseudo/foreground"] == pytest.approx(0.4, abs=0.01)
+    matched = step(PriorMatch(prior_share, momentum=0.0))
+    assert matched.terms["pseudo/foreground"] == pytest.approx(prior_share, abs=0.01)
+    assert matched.terms["pseudo/bias"] > 0           # a threshold raised above the teacher's
+    assert matched.terms["loss/cl"] != plain.terms["loss/cl"]
+
+
+def test_source_prior_from_memory_and_from_a_streamed_volume(tmp_path):
+    from masktwins_bio.data.convert import convert_volume
+    from masktwins_bio.data.synthetic import demo_pair
+    from masktwins_bio.train.domains import Domain
+    from masktwins_bio.train.streams import StreamedDomain
+
+    image, labels = demo_pair(3, seed=0, size="tiny")["source"]
+    share = float(labels.astype(bool).mean())
+    assert 0 < share < 1
+    assert source_foreground_fraction(Domain.from_arrays("source", image, labels)) == share
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels.astype(np.uint8))
+    store = convert_volume(str(tmp_path / "image.tif"), tmp_path / "source.zarr",
+                           chunks=(4, 16, 16), labels={"mito": str(tmp_path / "labels.tif")},
+                           show_progress=False)
+    streamed = StreamedDomain("source", str(store), f"{store}:labels/mito",
+                              crop=(16, 16), batch=2, seed=0)
+    assert source_foreground_fraction(streamed) == pytest.approx(share, abs=1e-9)
+    with pytest.raises(InputError, match="prior_match"):
+        source_foreground_fraction(Domain.from_arrays("source", image, np.zeros_like(labels)))
+
+
+def test_prior_match_is_for_binary_models():
+    with pytest.raises(ConfigError, match="prior_match"):
+        build_config({"method": "masktwins", "model": {"num_classes": 3},
+                      "data": {"kind": "natural"}, "uda": {"prior_match": True}})
