@@ -142,10 +142,23 @@ def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
         model = trainer.eval_model
         prob = predict_array(model, target.image, cfg.dims, cfg.crop, overlap=0.25,
                              batch_size=4, device=trainer.device)
+        seconds = time.perf_counter() - start
+        shifted = None
+        if trainer.prior is not None and trainer.prior.bias is not None:
+            # what-if, not the run's result: the same model thresholded at the final bias
+            from masktwins_bio.train.prior import ShiftedLogits
+            shifted = predict_array(ShiftedLogits(model, trainer.prior.bias), target.image,
+                                    cfg.dims, cfg.crop, overlap=0.25, batch_size=4,
+                                    device=trainer.device)
+    keep = METRICS + ("volume_iou", "volume_dice")
     metrics = evaluate_volumes(prob, data["target_labels"])
-    return {"metrics": {k: metrics[k] for k in METRICS + ("volume_iou", "volume_dice")},
-            "seconds": time.perf_counter() - start, "device": str(trainer.device),
-            "threads": torch.get_num_threads()}
+    result = {"metrics": {k: metrics[k] for k in keep}, "seconds": seconds,
+              "device": str(trainer.device), "threads": torch.get_num_threads()}
+    if shifted is not None:
+        at_bias = evaluate_volumes(shifted, data["target_labels"])
+        result["prior"] = trainer.prior.state_dict()
+        result["metrics_at_prior_bias"] = {k: at_bias[k] for k in keep}
+    return result
 
 
 def load_data(direction: str) -> dict:
@@ -253,6 +266,9 @@ def main() -> int:
             write_json_atomic(path, record)
             print(f"  {method} seed {seed}: IoU {100 * result['metrics']['iou']:.1f} "
                   f"in {result['seconds']:.0f} s", flush=True)
+            if "metrics_at_prior_bias" in result:
+                print(f"  (thresholded at the final prior bias {result['prior']['bias']:+.2f}: "
+                      f"IoU {100 * result['metrics_at_prior_bias']['iou']:.1f})", flush=True)
     table = assemble(args.direction, methods, seeds, keys)
     print_table(args.direction, table)
     iters = resolve(args.preset, methods[0], seeds[0], args.iters, args.overrides).iters

@@ -61,6 +61,18 @@ class PriorMatch:
         self.prior, self.bias = float(state["prior"]), state["bias"]
 
 
+class ShiftedLogits(torch.nn.Module):
+    """``model``'s logits minus a fixed bias: predictions thresholded where the prior-matched
+    pseudo-labels were (the run's final bias), not at the teacher's own p = 0.5."""
+
+    def __init__(self, model: torch.nn.Module, bias: float) -> None:
+        super().__init__()
+        self.model, self.bias = model, float(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) - self.bias
+
+
 def source_foreground_fraction(source) -> float:
     """Share of foreground voxels in the source labels: an in-memory ``Domain``'s mask, or a
     streamed domain's coarse foreground index (computed once, chunk by chunk, and cached)."""

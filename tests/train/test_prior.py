@@ -8,7 +8,7 @@ from masktwins_bio.config import build_config
 from masktwins_bio.errors import ConfigError, InputError
 from masktwins_bio.train.losses import SegmentationLoss
 from masktwins_bio.train.methods import uda_step
-from masktwins_bio.train.prior import (LOGIT_RANGE, PriorMatch, logit_quantile,
+from masktwins_bio.train.prior import (LOGIT_RANGE, PriorMatch, ShiftedLogits, logit_quantile,
                                        source_foreground_fraction)
 
 PLAIN = {"teacher_flips": False, "teacher_context": 0}
@@ -88,3 +88,10 @@ def test_prior_match_is_for_binary_models():
     with pytest.raises(ConfigError, match="prior_match"):
         build_config({"method": "masktwins", "model": {"num_classes": 3},
                       "data": {"kind": "natural"}, "uda": {"prior_match": True}})
+
+
+def test_shifted_logits_threshold_where_the_pseudo_labels_were():
+    model = torch.nn.Conv2d(1, 1, 1)
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(ShiftedLogits(model, 1.5)(x), model(x) - 1.5)
