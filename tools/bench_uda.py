@@ -142,22 +142,20 @@ def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
         model = trainer.eval_model
         prob = predict_array(model, target.image, cfg.dims, cfg.crop, overlap=0.25,
                              batch_size=4, device=trainer.device)
-        seconds = time.perf_counter() - start
-        shifted = None
+        keep = METRICS + ("volume_iou", "volume_dice")
+        metrics = evaluate_volumes(prob, data["target_labels"])
+        result = {"metrics": {k: metrics[k] for k in keep},
+                  "seconds": time.perf_counter() - start,  # training, prediction and scoring
+                  "device": str(trainer.device), "threads": torch.get_num_threads()}
         if trainer.prior is not None and trainer.prior.bias is not None:
-            # what-if, not the run's result: the same model thresholded at the final bias
+            # a what-if beside the run's result: the same model thresholded at the final bias
             from masktwins_bio.train.prior import ShiftedLogits
             shifted = predict_array(ShiftedLogits(model, trainer.prior.bias), target.image,
                                     cfg.dims, cfg.crop, overlap=0.25, batch_size=4,
                                     device=trainer.device)
-    keep = METRICS + ("volume_iou", "volume_dice")
-    metrics = evaluate_volumes(prob, data["target_labels"])
-    result = {"metrics": {k: metrics[k] for k in keep}, "seconds": seconds,
-              "device": str(trainer.device), "threads": torch.get_num_threads()}
-    if shifted is not None:
-        at_bias = evaluate_volumes(shifted, data["target_labels"])
-        result["prior"] = trainer.prior.state_dict()
-        result["metrics_at_prior_bias"] = {k: at_bias[k] for k in keep}
+            at_bias = evaluate_volumes(shifted, data["target_labels"])
+            result["prior"] = trainer.prior.state_dict()
+            result["metrics_at_prior_bias"] = {k: at_bias[k] for k in keep}
     return result
 
 

@@ -27,8 +27,8 @@ from .domains import (STREAM_GLOBAL, STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN,
                       draw_batch, iteration_rng)
 from .ema import ema_update, make_teacher
 from .methods import USES_TEACHER, uda_step
-from .prior import PriorMatch, source_foreground_fraction
 from .multiclass import make_seg_loss
+from .prior import PriorMatch, source_foreground_fraction
 
 
 def lr_factor(cfg: RunConfig, step: int) -> float:
