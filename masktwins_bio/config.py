@@ -24,7 +24,8 @@ CONTEXT_FRACTION = 8  # default teacher context per in-plane side: this fraction
 # before them trained with: a resume must not pick up a default rule the run never had.
 ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
                ("uda", "teacher_context"): 0, ("uda", "class_portion"): None,
-               ("uda", "prior_match"): False, ("uda", "prior_momentum"): 0.99}
+               ("uda", "prior_match"): False, ("uda", "prior_momentum"): 0.99,
+               ("uda", "prior"): None}
 
 
 @dataclass
@@ -122,6 +123,9 @@ class UDAConfig:
     # mean with this momentum. Binary (EM) only; off by default (a screen, see README Results).
     prior_match: bool = False
     prior_momentum: float = 0.99
+    # The foreground share to match when the target's is known to differ from the source's
+    # (e.g. counted on a few labelled target sections); None: the source labels' share.
+    prior: float | None = None
     lambda_cl: float = 1.0                  # weight of the (pseudo-label) consistency-learning term
     lambda_cm: float = 0.01                 # weight of the twins' logit MSE
     warmup_iters: int = 0                   # source-only iterations before target terms switch on

@@ -62,6 +62,12 @@ def validate(cfg: RunConfig) -> None:
     _check(not cfg.uda.prior_match or cfg.model.num_classes == 1,
            "uda.prior_match works for binary (EM) models only; set it to false for driving "
            "scenes.")
+    prior = cfg.uda.prior
+    _check(prior is None or 0.0 < prior < 1.0,
+           f"uda.prior={prior} must lie in (0, 1), or be null (the source labels' share).")
+    _check(prior is None or cfg.uda.prior_match,
+           "uda.prior is only read with prior-matched pseudo-labels; set uda.prior_match=true "
+           "or leave uda.prior null.")
     _check(0.0 <= cfg.uda.prior_momentum < 1.0,
            f"uda.prior_momentum={cfg.uda.prior_momentum} must lie in [0, 1).")
     _check(cfg.uda.eval_model in ("teacher", "student"),

@@ -77,7 +77,8 @@ def commit() -> str:
 
 
 # The uda options only a teacher reads (source-only draws no target crops either).
-TEACHER_ONLY = {"teacher_flips", "teacher_context", "classmix", "prior_match", "prior_momentum"}
+TEACHER_ONLY = {"teacher_flips", "teacher_context", "classmix", "prior_match", "prior_momentum",
+                "prior"}
 
 
 def run_key(direction: str, cfg_dict: dict) -> str:

@@ -69,7 +69,9 @@ class Trainer:
         self.teacher = make_teacher(self.student) if cfg.method in USES_TEACHER else None
         self.prior = None
         if cfg.uda.prior_match and self.teacher is not None:
-            self.prior = PriorMatch(source_foreground_fraction(source), cfg.uda.prior_momentum)
+            share = cfg.uda.prior if cfg.uda.prior is not None else \
+                source_foreground_fraction(source)
+            self.prior = PriorMatch(share, cfg.uda.prior_momentum)
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=cfg.optim.lr,
                                           weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -95,3 +95,31 @@ def test_shifted_logits_threshold_where_the_pseudo_labels_were():
     x = torch.randn(1, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(ShiftedLogits(model, 1.5)(x), model(x) - 1.5)
+
+
+@pytest.mark.parametrize("uda, message", [
+    ({"prior_match": True, "prior": 0.0}, "uda.prior=0.0 must lie"),
+    ({"prior_match": True, "prior": 1.5}, "uda.prior=1.5 must lie"),
+    ({"prior": 0.1}, "set uda.prior_match=true"),
+])
+def test_a_given_prior_is_a_share_and_needs_prior_match(uda, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config({"method": "masktwins", "uda": uda})
+
+
+def test_trainer_matches_a_given_target_prior_instead_of_the_source_share(tmp_path):
+    from masktwins_bio.data.synthetic import demo_pair
+    from masktwins_bio.train.domains import Domain
+    from masktwins_bio.train.trainer import Trainer
+
+    data = demo_pair(2, seed=0, size="tiny")
+    source = Domain.from_arrays("source", *data["source"])
+    target = Domain.from_arrays("target", data["target"][0])
+
+    def prior(uda):
+        cfg = build_config({"method": "masktwins", "iters": 1, "data": {"crop": [32, 32]},
+                            "uda": {"prior_match": True, **uda}})
+        return Trainer(cfg, source, target, tmp_path, progress=False).prior.prior
+
+    assert prior({}) == source_foreground_fraction(source)
+    assert prior({"prior": 0.25}) == 0.25
