@@ -104,19 +104,30 @@ class CropDataset(Dataset):
             return compute_stats(self._image_src)
         return volume_stats(image_vol)
 
+    def _foreground_counts(self) -> np.ndarray:
+        """Foreground voxels per ``INDEX_CELL`` under this dataset's label rule; a volume on
+        disk is counted once, chunk by chunk, and the counts cached next to it."""
+        if not isinstance(self._label_src, np.ndarray):
+            return foreground_index(self._label_src, INDEX_CELL, self.label_rule)
+        mask = (self._label_src > 0 if self.label_rule == "nonzero"
+                else binarise_labels(self._label_src))
+        pad = [(0, -n % c) for n, c in zip(mask.shape, INDEX_CELL)]
+        m = np.pad(mask, pad)
+        g = [n // c for n, c in zip(m.shape, INDEX_CELL)]
+        return m.reshape(g[0], INDEX_CELL[0], g[1], INDEX_CELL[1], g[2],
+                         INDEX_CELL[2]).sum((1, 3, 5))
+
     def _foreground_cells(self) -> np.ndarray:
-        if isinstance(self._label_src, np.ndarray):
-            mask = (self._label_src > 0 if self.label_rule == "nonzero"
-                    else binarise_labels(self._label_src))
-            pad = [(0, -n % c) for n, c in zip(mask.shape, INDEX_CELL)]
-            m = np.pad(mask, pad)
-            g = [n // c for n, c in zip(m.shape, INDEX_CELL)]
-            counts = m.reshape(g[0], INDEX_CELL[0], g[1], INDEX_CELL[1], g[2],
-                               INDEX_CELL[2]).sum((1, 3, 5))
-        else:
-            counts = foreground_index(self._label_src, INDEX_CELL, self.label_rule)
+        counts = self._foreground_counts()
         self._index_shape = counts.shape
         return np.flatnonzero(counts)
+
+    def foreground_fraction(self) -> float | None:
+        """Share of foreground voxels in the labels (None without labels)."""
+        if self._label_src is None:
+            return None
+        counts = self._foreground_counts()
+        return float(counts.sum(dtype=np.float64)) / float(np.prod(self.shape))
 
     def _volumes(self):
         if self._pid != os.getpid():  # first use in this process (each worker opens its own)

@@ -73,6 +73,14 @@ def global_sum(local: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return local + (total - local.detach())
 
 
+def global_histogram(values: torch.Tensor, lo: float, hi: float, bins: int,
+                     ctx: DistContext) -> torch.Tensor:
+    """Counts (float64) of ``values`` in ``bins`` equal bins over [lo, hi], summed over ranks,
+    so that every rank derives the same thresholds from them. float64: float32 stops counting
+    exactly at 2^24 voxels in one bin."""
+    return global_sum(torch.histc(values, bins=bins, min=lo, max=hi).double(), ctx)
+
+
 def scale_gradient(value: torch.Tensor, factor: float) -> torch.Tensor:
     """``value`` as it is, with its gradient multiplied by ``factor``: a global term (the same
     on every rank) must survive the gradient average, and its logged value must stay the one a

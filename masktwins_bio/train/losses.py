@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .distributed import SINGLE, DistContext, global_sum, mean_over_ranks, scale_gradient
+from .distributed import (SINGLE, DistContext, global_histogram, global_sum, mean_over_ranks,
+                          scale_gradient)
 
 SMOOTH = 1e-5
 
@@ -95,9 +96,7 @@ def class_balanced_keep(teacher_logits: torch.Tensor, labels: torch.Tensor, port
     width = (hi - lo) / SCORE_BINS
     keep = torch.zeros_like(fg)
     for cls in (fg, ~fg):
-        # float64 counts: float32 stops counting exactly at 2^24 voxels in one bin
-        hist = torch.histc(score[cls], bins=SCORE_BINS, min=lo, max=hi).double()
-        hist = global_sum(hist, ctx)
+        hist = global_histogram(score[cls], lo, hi, SCORE_BINS, ctx)
         total = float(hist.sum())
         if total == 0:
             continue

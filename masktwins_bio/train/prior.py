@@ -17,11 +17,10 @@ part of the trainer's state, so a resumed run continues with the same one.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..errors import InputError
-from .distributed import SINGLE, DistContext, global_sum
+from .distributed import SINGLE, DistContext, global_histogram
 
 # A histogram of logits gives the same quantile on every rank (counts summed over ranks).
 LOGIT_RANGE = (-32.0, 32.0)
@@ -34,7 +33,7 @@ def logit_quantile(logits: torch.Tensor, q: float, ctx: DistContext = SINGLE) ->
     (values beyond ``LOGIT_RANGE`` count at its ends)."""
     lo, hi = LOGIT_RANGE
     values = logits.detach().float().clamp(lo, hi)
-    hist = global_sum(torch.histc(values, bins=LOGIT_BINS, min=lo, max=hi).double(), ctx)
+    hist = global_histogram(values, lo, hi, LOGIT_BINS, ctx)
     below = hist.cumsum(0)
     k = int(torch.searchsorted(below, q * float(below[-1])).clamp(max=LOGIT_BINS - 1))
     return lo + (k + 0.5) * (hi - lo) / LOGIT_BINS  # the centre of the bin the quantile is in
@@ -76,23 +75,14 @@ class ShiftedLogits(torch.nn.Module):
 def source_foreground_fraction(source) -> float:
     """Share of foreground voxels in the source labels: an in-memory ``Domain``'s mask, or a
     streamed domain's coarse foreground index (computed once, chunk by chunk, and cached)."""
-    labels = getattr(source, "labels", None)
+    labels, dataset = getattr(source, "labels", None), getattr(source, "dataset", None)
     if labels is not None:
         fraction = float(labels.mean())
     else:
-        from ..data.stats import foreground_index
-
-        dataset = getattr(source, "dataset", None)
-        spec = getattr(dataset, "_label_src", None)
-        if spec is None:
-            raise InputError("uda.prior_match needs source labels to take the foreground "
-                             "share from; give the source labels or set it to false.")
-        if isinstance(spec, np.ndarray):
-            from ..data.volumes import binarise_labels
-            fraction = float(binarise_labels(spec).mean())
-        else:
-            counts = foreground_index(spec, label_rule=dataset.label_rule)
-            fraction = float(counts.sum(dtype=np.float64)) / float(np.prod(dataset.shape))
+        fraction = None if dataset is None else dataset.foreground_fraction()
+    if fraction is None:
+        raise InputError("uda.prior_match needs source labels to take the foreground share "
+                         "from; give the source labels or set it to false.")
     if not 0.0 < fraction < 1.0:
         raise InputError(f"The source labels are {100 * fraction:.0f}% foreground, so they "
                          "give no prior to match; set uda.prior_match to false.")

@@ -134,3 +134,11 @@ def test_default_augmentation_keeps_non_square_crops_batchable(converted, crop):
     shapes = {tuple(ds[i]["image"].shape) for i in range(16)}
     assert shapes == {(1, *crop)}
     assert ds.batch(range(8))["image"].shape == (8, 1, *crop)
+
+
+def test_foreground_fraction_in_memory_on_disk_and_without_labels(converted):
+    image, labels = converted
+    share = 100 / LAB.size
+    assert CropDataset(IMG, LAB, crop=(32, 32)).foreground_fraction() == pytest.approx(share)
+    assert CropDataset(image, labels, crop=(32, 32)).foreground_fraction() == pytest.approx(share)
+    assert CropDataset(IMG, crop=(32, 32)).foreground_fraction() is None
