@@ -90,6 +90,8 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         inner = (..., *(slice(cfg.teacher_context, -cfg.teacher_context),) * 2)
         t_logits, tgt_weak, tgt_strong = t_logits[inner], tgt_weak[inner], tgt_strong[inner]
     if prior is not None:  # pseudo-labels, confidence and weight from the shifted logits
+        # the teacher's own foreground share beside the matched one: how far the two are apart
+        out.terms["pseudo/teacher_foreground"] = float((t_logits > 0).float().mean())
         bias = prior.update(t_logits, seg_loss.ctx)
         t_logits = t_logits - bias
         out.terms["pseudo/bias"] = bias

@@ -58,6 +58,7 @@ def test_pseudo_labels_hold_the_prior_share_of_foreground(prior_share):
     assert plain.terms["pseudo/foreground"] == pytest.approx(0.4, abs=0.01)
     matched = step(PriorMatch(prior_share, momentum=0.0))
     assert matched.terms["pseudo/foreground"] == pytest.approx(prior_share, abs=0.01)
+    assert matched.terms["pseudo/teacher_foreground"] == pytest.approx(0.4, abs=0.01)
     assert matched.terms["pseudo/bias"] > 0           # a threshold raised above the teacher's
     assert matched.terms["loss/cl"] != plain.terms["loss/cl"]
 
