@@ -149,12 +149,12 @@ def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
                   "seconds": time.perf_counter() - start,  # training, prediction and scoring
                   "device": str(trainer.device), "threads": torch.get_num_threads()}
         if trainer.prior is not None and trainer.prior.bias is not None:
-            # a what-if beside the run's result: the same model thresholded at the final bias
-            from masktwins_bio.train.prior import ShiftedLogits
-            shifted = predict_array(ShiftedLogits(model, trainer.prior.bias), target.image,
-                                    cfg.dims, cfg.crop, overlap=0.25, batch_size=4,
-                                    device=trainer.device)
-            at_bias = evaluate_volumes(shifted, data["target_labels"])
+            # a what-if beside the run's result: the same prediction thresholded where the
+            # prior-matched pseudo-labels were (the final bias), not at p = 0.5; mAP ranks the
+            # probabilities and does not move with the threshold
+            from masktwins_bio.train.prior import probability_at
+            at_bias = evaluate_volumes(prob, data["target_labels"],
+                                       threshold=probability_at(trainer.prior.bias))
             result["prior"] = trainer.prior.state_dict()
             result["metrics_at_prior_bias"] = {k: at_bias[k] for k in keep}
     return result

@@ -60,16 +60,12 @@ class PriorMatch:
         self.prior, self.bias = float(state["prior"]), state["bias"]
 
 
-class ShiftedLogits(torch.nn.Module):
-    """``model``'s logits minus a fixed bias: predictions thresholded where the prior-matched
-    pseudo-labels were (the run's final bias), not at the teacher's own p = 0.5."""
-
-    def __init__(self, model: torch.nn.Module, bias: float) -> None:
-        super().__init__()
-        self.model, self.bias = model, float(bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) - self.bias
+def probability_at(bias: float) -> float:
+    """The foreground probability where the prior-matched pseudo-labels switch: a logit equal
+    to ``bias``, i.e. ``sigmoid(bias)``. Thresholding a prediction here instead of at 0.5 is the
+    same as predicting with the logits minus the bias: sliding-window blending is a weighted
+    mean of logits, so it commutes with the shift, and the sigmoid is monotone."""
+    return float(torch.sigmoid(torch.tensor(float(bias), dtype=torch.float64)))
 
 
 def source_foreground_fraction(source) -> float:

@@ -8,7 +8,8 @@ from masktwins_bio.config import build_config
 from masktwins_bio.errors import ConfigError, InputError
 from masktwins_bio.train.losses import SegmentationLoss
 from masktwins_bio.train.methods import uda_step
-from masktwins_bio.train.prior import (LOGIT_RANGE, PriorMatch, ShiftedLogits, logit_quantile,
+from masktwins_bio.inference.window import predict_array
+from masktwins_bio.train.prior import (LOGIT_RANGE, PriorMatch, logit_quantile, probability_at,
                                        source_foreground_fraction)
 
 PLAIN = {"teacher_flips": False, "teacher_context": 0}
@@ -91,11 +92,30 @@ def test_prior_match_is_for_binary_models():
                       "data": {"kind": "natural"}, "uda": {"prior_match": True}})
 
 
-def test_shifted_logits_threshold_where_the_pseudo_labels_were():
-    model = torch.nn.Conv2d(1, 1, 1)
-    x = torch.randn(1, 1, 8, 8)
+class _MinusBias(torch.nn.Module):
+    def __init__(self, model, bias):
+        super().__init__()
+        self.model, self.bias = model, bias
+
+    def forward(self, x):
+        return self.model(x) - self.bias
+
+
+@pytest.mark.parametrize("bias", [-1.0, 0.0, 1.7])
+def test_probability_at_bias_is_predicting_with_shifted_logits(bias):
+    # overlapping windows blended with a Gaussian importance map: the blend commutes with the
+    # shift, so thresholding at probability_at(bias) marks the voxels the shifted model marks
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(),
+                                torch.nn.Conv2d(4, 1, 3, padding=1, bias=False))
     with torch.no_grad():
-        assert torch.allclose(ShiftedLogits(model, 1.5)(x), model(x) - 1.5)
+        model[2].weight *= 8  # logits spread over a few units, not all near 0
+    image = np.random.default_rng(0).normal(size=(3, 40, 52)).astype(np.float32)
+    prob = predict_array(model, image, 2, (24, 24), overlap=0.5)
+    shifted = predict_array(_MinusBias(model, bias), image, 2, (24, 24), overlap=0.5)
+    mask = prob > probability_at(bias)
+    assert 0.02 < mask.mean() < 0.98
+    assert np.array_equal(mask, shifted > 0.5)
 
 
 @pytest.mark.parametrize("uda, message", [
