@@ -65,7 +65,7 @@ def validate(cfg: RunConfig) -> None:
     prior = cfg.uda.prior
     _check(prior is None or 0.0 < prior < 1.0,
            f"uda.prior={prior} must lie in (0, 1), or be null (the source labels' share).")
-    _check(prior is None or cfg.uda.prior_match,
+    _check(prior is None or cfg.prior_match,
            "uda.prior is only read with prior-matched pseudo-labels; set uda.prior_match=true "
            "or leave uda.prior null.")
     _check(0.0 <= cfg.uda.prior_momentum < 1.0,

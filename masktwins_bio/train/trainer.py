@@ -68,7 +68,7 @@ class Trainer:
         self.student = self.student.to(self.device)
         self.teacher = make_teacher(self.student) if cfg.method in USES_TEACHER else None
         self.prior = None
-        if cfg.uda.prior_match and self.teacher is not None:
+        if cfg.prior_match and self.teacher is not None:
             share = cfg.uda.prior if cfg.uda.prior is not None else \
                 source_foreground_fraction(source)
             self.prior = PriorMatch(share, cfg.uda.prior_momentum)

@@ -92,6 +92,19 @@ def test_prior_match_is_for_binary_models():
                       "data": {"kind": "natural"}, "uda": {"prior_match": True}})
 
 
+def test_prior_match_is_on_for_binary_models_unless_set():
+    from masktwins_bio.config import pin_rules
+
+    em = build_config({"method": "masktwins"})
+    scenes = build_config({"method": "masktwins", "model": {"num_classes": 19},
+                           "data": {"kind": "natural"}})
+    off = build_config({"method": "masktwins", "uda": {"prior_match": False}})
+    assert (em.prior_match, scenes.prior_match, off.prior_match) == (True, False, False)
+    assert build_config({"method": "masktwins", "uda": {"prior": 0.1}}).prior_match
+    pin_rules(em)  # a saved run names the rule's value, so a later rule cannot change it
+    assert em.to_dict()["uda"]["prior_match"] is True
+
+
 class _MinusBias(torch.nn.Module):
     def __init__(self, model, bias):
         super().__init__()
@@ -121,7 +134,7 @@ def test_probability_at_bias_is_predicting_with_shifted_logits(bias):
 @pytest.mark.parametrize("uda, message", [
     ({"prior_match": True, "prior": 0.0}, "uda.prior=0.0 must lie"),
     ({"prior_match": True, "prior": 1.5}, "uda.prior=1.5 must lie"),
-    ({"prior": 0.1}, "set uda.prior_match=true"),
+    ({"prior_match": False, "prior": 0.1}, "set uda.prior_match=true"),
 ])
 def test_a_given_prior_is_a_share_and_needs_prior_match(uda, message):
     with pytest.raises(ConfigError, match=message):
@@ -139,8 +152,9 @@ def test_trainer_matches_a_given_target_prior_instead_of_the_source_share(tmp_pa
 
     def prior(uda):
         cfg = build_config({"method": "masktwins", "iters": 1, "data": {"crop": [32, 32]},
-                            "uda": {"prior_match": True, **uda}})
-        return Trainer(cfg, source, target, tmp_path, progress=False).prior.prior
+                            "uda": uda})
+        return Trainer(cfg, source, target, tmp_path, progress=False).prior
 
-    assert prior({}) == source_foreground_fraction(source)
-    assert prior({"prior": 0.25}) == 0.25
+    assert prior({}).prior == source_foreground_fraction(source)  # on by default
+    assert prior({"prior": 0.25}).prior == 0.25
+    assert prior({"prior_match": False}) is None
