@@ -6,9 +6,9 @@ import torch
 
 from masktwins_bio.config import build_config
 from masktwins_bio.errors import ConfigError, InputError
+from masktwins_bio.inference.window import predict_array
 from masktwins_bio.train.losses import SegmentationLoss
 from masktwins_bio.train.methods import uda_step
-from masktwins_bio.inference.window import predict_array
 from masktwins_bio.train.prior import (LOGIT_RANGE, PriorMatch, logit_quantile, probability_at,
                                        source_foreground_fraction)
 
