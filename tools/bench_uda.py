@@ -102,8 +102,8 @@ def run_key(direction: str, cfg_dict: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def cache_path(direction: str, method: str, seed: int, key: str) -> Path:
-    return CACHE / direction / f"{method}_seed{seed}_{key}.json"
+def cache_path(direction: str, method: str, seed: int, key: str, cache: Path = CACHE) -> Path:
+    return cache / direction / f"{method}_seed{seed}_{key}.json"
 
 
 def resolve(preset: str, method: str, seed: int, iters: int | None, overrides: list[str]):
@@ -177,12 +177,14 @@ def load_data(direction: str) -> dict:
             "target_labels": load_labels(paths["target"]["labels"])}
 
 
-def assemble(direction: str, methods: list[str], seeds: list[int], keys: dict) -> dict:
+def assemble(direction: str, methods: list[str], seeds: list[int], keys: dict,
+             cache: Path = CACHE) -> dict:
     """Mean and std over the cached seeds of each method, for the current config only."""
     table = {}
     for method in methods:
         runs = [json.loads(p.read_text()) for seed in seeds
-                if (p := cache_path(direction, method, seed, keys[(method, seed)])).exists()]
+                if (p := cache_path(direction, method, seed, keys[(method, seed)],
+                                    cache)).exists()]
         if not runs:
             continue
         row = {"seeds": [r["seed"] for r in runs], "commits": sorted({r["commit"] for r in runs})}
@@ -209,24 +211,29 @@ def print_table(direction: str, table: dict) -> None:
         print(f"{method:<14}{cells}  {row['seeds']}")
 
 
+def table_name(args) -> str:
+    """``table_<preset>_<hash of the resolved config>``: the same config always writes the same
+    file, however it is spelled (a preset's own value given as an override, or a preset that
+    later takes an override's value in), and a changed preset never rewrites an earlier file."""
+    cfg = resolve(args.preset, METHODS[0], 0, args.iters, args.overrides).to_dict()
+    del cfg["method"], cfg["seed"]
+    blob = json.dumps({"direction": args.direction, "config": cfg}, sort_keys=True)
+    return f"table_{args.preset}_{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
 def write_table_file(args, iters: int) -> Path:
-    """The table of *every* method and cached seed for this preset and these overrides, as JSON
-    beside the runs it was assembled from. A partial run (``--methods rmask --seeds 2``) thus
-    never shrinks the file to its own rows; runs with overrides or another budget get their
-    own file, named by a hash of what differs from the preset."""
+    """The table of *every* method and cached seed for this config, as JSON beside the runs
+    it was assembled from. A partial run (``--methods rmask --seeds 2``) thus never shrinks the
+    file to its own rows; each resolved config has its own file (``table_name``)."""
     methods, seeds = list(METHODS), list(range(TABLE_SEEDS))
     keys = {(m, s): run_key(args.direction,
                             resolve(args.preset, m, s, args.iters, args.overrides).to_dict())
             for m in methods for s in seeds}
-    table = assemble(args.direction, methods, seeds, keys)
+    table = assemble(args.direction, methods, seeds, keys, args.cache)
     result = {"methods": table, "iters": iters,
               "seeds": sorted({s for row in table.values() for s in row["seeds"]}),
               "direction": args.direction, "preset": args.preset, "overrides": args.overrides}
-    name = f"table_{args.preset}"
-    if args.overrides or args.iters:
-        tag = json.dumps({"iters": args.iters, "overrides": sorted(args.overrides)})
-        name += "_" + hashlib.sha256(tag.encode()).hexdigest()[:8]
-    out = CACHE / args.direction / f"{name}.json"
+    out = args.cache / args.direction / f"{table_name(args)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, result)
     return out
@@ -243,6 +250,8 @@ def main() -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--assemble", action="store_true", help="no training: table from the cache")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--cache", type=Path, default=CACHE,
+                   help="folder of the cached runs and tables (default tools/results/uda)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args()
 
@@ -254,7 +263,7 @@ def main() -> int:
             cfg = resolve(args.preset, method, seed, args.iters, args.overrides)
             key = run_key(args.direction, cfg.to_dict())
             keys[(method, seed)] = key
-            path = cache_path(args.direction, method, seed, key)
+            path = cache_path(args.direction, method, seed, key, args.cache)
             if path.exists() or args.assemble:
                 continue
             data = data or load_data(args.direction)
@@ -271,14 +280,15 @@ def main() -> int:
             if "metrics_at_prior_bias" in result:
                 print(f"  (thresholded at the final prior bias {result['prior']['bias']:+.2f}: "
                       f"IoU {100 * result['metrics_at_prior_bias']['iou']:.1f})", flush=True)
-    table = assemble(args.direction, methods, seeds, keys)
+    table = assemble(args.direction, methods, seeds, keys, args.cache)
     print_table(args.direction, table)
     iters = resolve(args.preset, methods[0], seeds[0], args.iters, args.overrides).iters
     cached = sorted({s for row in table.values() for s in row["seeds"]})  # what the rows hold
     result = {"methods": table, "iters": iters, "seeds": cached, "direction": args.direction,
               "preset": args.preset, "overrides": args.overrides}
     out = write_table_file(args, iters)
-    print(f"table of every cached method and seed written to {out.relative_to(ROOT)}")
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    print(f"table of every cached method and seed written to {shown}")
     if args.json:
         print(json.dumps(result))
     return 0
