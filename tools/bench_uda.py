@@ -94,12 +94,18 @@ def run_key(direction: str, cfg_dict: dict) -> str:
     if cfg_dict.get("method") not in USES_TEACHER and "uda" in cfg_dict:
         cfg_dict = {**cfg_dict, "uda": {k: v for k, v in cfg_dict["uda"].items()
                                         if k not in TEACHER_ONLY}}
+    blob = json.dumps({"direction": direction, "config": without_added_later(cfg_dict)},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def without_added_later(cfg_dict: dict) -> dict:
+    """``cfg_dict`` less the keys added later that hold the value every earlier run had."""
     for (section, key), old in ADDED_LATER.items():
         if section in cfg_dict and cfg_dict[section].get(key, old) == old:
             cfg_dict = {**cfg_dict, section: {k: v for k, v in cfg_dict[section].items()
                                               if k != key}}
-    blob = json.dumps({"direction": direction, "config": cfg_dict}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return cfg_dict
 
 
 def cache_path(direction: str, method: str, seed: int, key: str, cache: Path = CACHE) -> Path:
@@ -213,11 +219,13 @@ def print_table(direction: str, table: dict) -> None:
 
 def table_name(args) -> str:
     """``table_<preset>_<hash of the resolved config>``: the same config always writes the same
-    file, however it is spelled (a preset's own value given as an override, or a preset that
-    later takes an override's value in), and a changed preset never rewrites an earlier file."""
+    file, however it is spelled (a preset's own value given as an override, a preset that later
+    takes an override's value in, an option added later at its old value), and a changed preset
+    never rewrites an earlier file."""
     cfg = resolve(args.preset, METHODS[0], 0, args.iters, args.overrides).to_dict()
     del cfg["method"], cfg["seed"]
-    blob = json.dumps({"direction": args.direction, "config": cfg}, sort_keys=True)
+    blob = json.dumps({"direction": args.direction, "config": without_added_later(cfg)},
+                      sort_keys=True)
     return f"table_{args.preset}_{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
