@@ -37,3 +37,32 @@ def test_demo_on_a_missing_gpu_leaves_nothing(tmp_path, cli_fails):
     for device in (["--device", "cuda"], ["device=cuda"]):  # the flag or an override
         cli_fails(base + device, "CUDA was requested but no GPU is visible")
         assert not (tmp_path / "d").exists()
+
+
+def test_diag_demo_reads_a_demo_run(tmp_path, capsys):
+    """tools/diag_demo.py on a demo run: lower thresholds call more voxels (recall cannot
+    fall), and each row's IoU is the one its precision and recall imply."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--iters", "2", "--seed", "1", "--methods", "source-only", "--out",
+                 str(out), "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    tool = Path(__file__).resolve().parents[2] / "tools" / "diag_demo.py"
+    done = subprocess.run([sys.executable, str(tool), "--seed", "1", "--thresholds",
+                           "0.9,0.5,0.1", "--json", str(out / "source-only")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = result["runs"][str(out / "source-only")]
+    assert [r["threshold"] for r in rows] == [0.9, 0.5, 0.1]
+    for high, low in zip(rows, rows[1:]):
+        assert low["foreground"] >= high["foreground"]
+        if high["recall"] is not None:
+            assert low["recall"] >= high["recall"]
+    for r in rows:
+        if r["precision"]:
+            p, q = r["precision"], r["recall"]
+            assert r["iou"] == pytest.approx(1 / (1 / p + 1 / q - 1))
