@@ -1,5 +1,8 @@
 """`masktwins-bio demo`, the README's first command, end to end with a tiny budget."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,10 +45,6 @@ def test_demo_on_a_missing_gpu_leaves_nothing(tmp_path, cli_fails):
 def test_diag_demo_reads_a_demo_run(tmp_path, capsys):
     """tools/diag_demo.py on a demo run: lower thresholds call more voxels (recall cannot
     fall), and each row's IoU is the one its precision and recall imply."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     out = tmp_path / "demo"
     assert main(["demo", "--iters", "2", "--seed", "1", "--methods", "source-only", "--out",
                  str(out), "--device", "cpu", "--quiet"]) == 0
