@@ -25,7 +25,7 @@ CONTEXT_FRACTION = 8  # default teacher context per in-plane side: this fraction
 ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
                ("uda", "teacher_context"): 0, ("uda", "class_portion"): None,
                ("uda", "prior_match"): False, ("uda", "prior_momentum"): 0.99,
-               ("uda", "prior"): None}
+               ("uda", "prior"): None, ("uda", "lambda_unmasked"): 0.0}
 
 
 @dataclass
@@ -130,6 +130,9 @@ class UDAConfig:
     prior: float | None = None
     lambda_cl: float = 1.0                  # weight of the (pseudo-label) consistency-learning term
     lambda_cm: float = 0.01                 # weight of the twins' logit MSE
+    # Masked methods only: weight, relative to lambda_cl, of mean-teacher's pseudo-label term on
+    # the unmasked target (one more student view per target crop). 0: off, as in METHOD.md.
+    lambda_unmasked: float = 0.0
     warmup_iters: int = 0                   # source-only iterations before target terms switch on
     eval_model: str = "teacher"             # network that predicts: "teacher" (EMA) or "student"
     # Pseudo-labels from the teacher's mean logits over the identity and the three in-plane

@@ -27,6 +27,9 @@ logits are shifted so that the share of foreground pseudo-labels follows the sou
 ``uda.classmix`` adds, to every method with a teacher, the DACS term of the official code:
 L(student(source pasted onto target), ground truth where pasted, pseudo-labels elsewhere),
 weighted as the pseudo-label term and computed in the same student forward as the target views.
+``uda.lambda_unmasked`` adds, to the masked methods, mean-teacher's term on the unmasked target
+(the student sees the whole crop as well as its masked views), weighted ``lambda_unmasked``
+times the pseudo-label term.
 """
 from __future__ import annotations
 
@@ -125,13 +128,19 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
     b, spatial = tgt_strong.shape[0], tgt_strong.shape[2:]
     mixed = _class_mixed(cfg, src_x, src_y, tgt_strong, pseudo, keep, gen) \
         if cfg.uda.classmix else None
+    unmasked = method in USES_MASKS and cfg.uda.lambda_unmasked > 0
+    extra = [tgt_strong] * unmasked + ([mixed[0]] if mixed is not None else [])
+    extra_logits = []
 
     def student_views(*views):
-        """The student's logits of each view and of the class-mixed image (None when off), in
-        one forward: same cost as separate ones, better hardware use."""
-        batch = list(views) + ([mixed[0]] if mixed is not None else [])
+        """The student's logits of each view, in one forward with the unmasked and the
+        class-mixed images when those terms are on (kept in ``extra_logits``): same cost as
+        separate forwards, better hardware use."""
+        batch = list(views) + extra
         logits = student(torch.cat(batch)).split([v.shape[0] for v in batch])
-        return logits[:len(views)], (logits[-1] if mixed is not None else None)
+        extra_logits.extend(logits[len(views):])
+        mix_logits = extra_logits[-1] if mixed is not None else None
+        return logits[:len(views)], mix_logits
 
     if method == "mean-teacher":
         (logits,), mix_logits = student_views(tgt_strong)
@@ -164,6 +173,10 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         if keep_views:
             out.views.update(twin_a=twin_a.detach(), twin_b=twin_b.detach(),
                              pred_a=_view(logits_a, n_classes), pred_b=_view(logits_b, n_classes))
+    if unmasked:
+        l_un = pseudo_loss(extra_logits[0])
+        total = total + cfg.uda.lambda_unmasked * lam * l_un
+        out.terms["loss/unmasked"] = float(l_un.detach())
     if mixed is not None:
         x_mix, y_mix, keep_mix = mixed
         l_mix = _loss(seg_loss, mix_logits, y_mix, keep_mix)

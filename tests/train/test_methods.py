@@ -1,4 +1,5 @@
 """uda_step: what each method's target term trains on."""
+import pytest
 import torch
 
 from masktwins_bio.config import build_config
@@ -191,3 +192,33 @@ def test_teacher_defaults_follow_the_data_kind_and_the_crop():
     assert not natural.teacher_flips and natural.teacher_context == 0
     given = build_config({"uda": {"teacher_flips": False, "teacher_context": 0}})
     assert not given.teacher_flips and given.target_crop == (256, 256)
+
+
+def test_unmasked_term_adds_mean_teachers_loss_on_the_whole_target_to_masked_methods(recorder):
+    """``uda.lambda_unmasked``: the student also sees the unmasked target, in the same forward,
+    and the total gains exactly lambda_unmasked x lambda_cl x weight x its pseudo-label loss."""
+    torch.manual_seed(0)
+    src_x, src_y = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    tgt = torch.randn(2, 1, 8, 8)
+    teacher = recorder()
+    base = {"teacher_flips": False, "teacher_context": 0, "confident_only": False}
+    for method, views in (("mic", 1), ("rmask", 2), ("masktwins", 2), ("mean-teacher", 1)):
+        student = recorder()
+        out = {}
+        for lam_u in (0.0, 0.5):
+            cfg = build_config({"method": method, "uda": {**base, "lambda_unmasked": lam_u}})
+            out[lam_u] = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y, tgt,
+                                  tgt + 1, torch.Generator().manual_seed(0), adapt=True)
+        if method == "mean-teacher":                   # its one term is already unmasked
+            assert student.seen.shape[0] == 2 and "loss/unmasked" not in out[0.5].terms
+            assert float(out[0.5].loss.detach()) == float(out[0.0].loss.detach())
+            continue
+        assert student.seen.shape[0] == 2 * views + 2, method
+        assert torch.equal(student.seen[2 * views:], tgt + 1), method   # the whole crop, last
+        with torch.no_grad():
+            pseudo = (torch.sigmoid(teacher(tgt)) > 0.5).float()
+            l_un = SegmentationLoss()(student(tgt + 1), pseudo)
+        weight = out[0.5].terms["pseudo/weight"]
+        assert out[0.5].terms["loss/unmasked"] == pytest.approx(float(l_un), rel=1e-5), method
+        assert float(out[0.5].loss.detach()) == pytest.approx(
+            float(out[0.0].loss.detach()) + 0.5 * weight * float(l_un), rel=1e-5), method
