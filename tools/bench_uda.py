@@ -82,15 +82,20 @@ def commit() -> str:
 # The uda options only a teacher reads (source-only draws no target crops either).
 TEACHER_ONLY = {"teacher_flips", "teacher_context", "classmix", "prior_match", "prior_momentum",
                 "prior"}
+# The uda options only the masked methods read.
+MASKED_ONLY = {"lambda_unmasked"}
 
 
 def run_key(direction: str, cfg_dict: dict) -> str:
     """Hash of the direction and the resolved config, less what the method never reads: the
-    mask settings of methods without masks and the teacher options of source-only
-    (tests/train/test_methods.py checks they are unused), so a change of those defaults keeps
-    their cached runs."""
+    mask settings (and ``uda.lambda_unmasked``) of methods without masks and the teacher
+    options of source-only (tests/train/test_methods.py checks they are unused), so a change of
+    those defaults keeps their cached runs."""
     if cfg_dict.get("method") not in USES_MASKS:
         cfg_dict = {k: v for k, v in cfg_dict.items() if k != "mask"}
+        if "uda" in cfg_dict:
+            cfg_dict = {**cfg_dict, "uda": {k: v for k, v in cfg_dict["uda"].items()
+                                            if k not in MASKED_ONLY}}
     if cfg_dict.get("method") not in USES_TEACHER and "uda" in cfg_dict:
         cfg_dict = {**cfg_dict, "uda": {k: v for k, v in cfg_dict["uda"].items()
                                         if k not in TEACHER_ONLY}}

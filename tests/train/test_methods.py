@@ -212,6 +212,12 @@ def test_unmasked_term_adds_mean_teachers_loss_on_the_whole_target_to_masked_met
         if method == "mean-teacher":                   # its one term is already unmasked
             assert student.seen.shape[0] == 2 and "loss/unmasked" not in out[0.5].terms
             assert float(out[0.5].loss.detach()) == float(out[0.0].loss.detach())
+            # so bench_uda keys its runs (and source-only's) without the option
+            bench = _bench_uda()
+            for m in ("source-only", "mean-teacher"):
+                keys = {bench.run_key("vnc-to-lucchi", build_config(
+                    {"method": m, "uda": {"lambda_unmasked": w}}).to_dict()) for w in (0, 0.5)}
+                assert len(keys) == 1, m
             continue
         assert student.seen.shape[0] == 2 * views + 2, method
         assert torch.equal(student.seen[2 * views:], tgt + 1), method   # the whole crop, last
