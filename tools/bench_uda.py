@@ -91,14 +91,14 @@ def run_key(direction: str, cfg_dict: dict) -> str:
     mask settings (and ``uda.lambda_unmasked``) of methods without masks and the teacher
     options of source-only (tests/train/test_methods.py checks they are unused), so a change of
     those defaults keeps their cached runs."""
-    if cfg_dict.get("method") not in USES_MASKS:
+    method = cfg_dict.get("method")
+    unread = (set() if method in USES_MASKS else MASKED_ONLY) | \
+        (set() if method in USES_TEACHER else TEACHER_ONLY)
+    if method not in USES_MASKS:
         cfg_dict = {k: v for k, v in cfg_dict.items() if k != "mask"}
-        if "uda" in cfg_dict:
-            cfg_dict = {**cfg_dict, "uda": {k: v for k, v in cfg_dict["uda"].items()
-                                            if k not in MASKED_ONLY}}
-    if cfg_dict.get("method") not in USES_TEACHER and "uda" in cfg_dict:
+    if "uda" in cfg_dict:
         cfg_dict = {**cfg_dict, "uda": {k: v for k, v in cfg_dict["uda"].items()
-                                        if k not in TEACHER_ONLY}}
+                                        if k not in unread}}
     blob = json.dumps({"direction": direction, "config": without_added_later(cfg_dict)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

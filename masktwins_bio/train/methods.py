@@ -129,28 +129,25 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
     mixed = _class_mixed(cfg, src_x, src_y, tgt_strong, pseudo, keep, gen) \
         if cfg.uda.classmix else None
     unmasked = method in USES_MASKS and cfg.uda.lambda_unmasked > 0
-    extra = [tgt_strong] * unmasked + ([mixed[0]] if mixed is not None else [])
-    extra_logits = []
+    # images the student sees beside the method's views: the whole target, the class-mixed one
+    extra = ([tgt_strong] if unmasked else []) + ([mixed[0]] if mixed is not None else [])
 
     def student_views(*views):
-        """The student's logits of each view, in one forward with the unmasked and the
-        class-mixed images when those terms are on (kept in ``extra_logits``): same cost as
-        separate forwards, better hardware use."""
+        """The student's logits of each view and of each ``extra`` image, in one forward: same
+        cost as separate forwards, better hardware use."""
         batch = list(views) + extra
         logits = student(torch.cat(batch)).split([v.shape[0] for v in batch])
-        extra_logits.extend(logits[len(views):])
-        mix_logits = extra_logits[-1] if mixed is not None else None
-        return logits[:len(views)], mix_logits
+        return logits[:len(views)], logits[len(views):]
 
     if method == "mean-teacher":
-        (logits,), mix_logits = student_views(tgt_strong)
+        (logits,), extra_logits = student_views(tgt_strong)
         l_cl = pseudo_loss(logits)
         total = sup + lam * l_cl
         out.terms["loss/cl"] = float(l_cl.detach())
     elif method == "mic":
         visible = block_mask(b, spatial, cfg.block, cfg.mask.ratio, gen, tgt_strong.device)
         masked = tgt_strong * visible
-        (logits,), mix_logits = student_views(masked)
+        (logits,), extra_logits = student_views(masked)
         l_cl = pseudo_loss(logits)
         total = sup + lam * l_cl
         out.terms["loss/cl"] = float(l_cl.detach())
@@ -164,7 +161,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
             m1, m2 = independent_masks(b, spatial, cfg.block, cfg.mask.ratio, gen,
                                        tgt_strong.device)
             twin_a, twin_b = tgt_strong * m1, tgt_strong * m2
-        (logits_a, logits_b), mix_logits = student_views(twin_a, twin_b)
+        (logits_a, logits_b), extra_logits = student_views(twin_a, twin_b)
         l_cl = 0.5 * (pseudo_loss(logits_a) + pseudo_loss(logits_b))
         l_cm = twin_consistency(logits_a, logits_b)
         total = sup + lam * l_cl + cfg.uda.lambda_cm * l_cm
@@ -179,7 +176,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         out.terms["loss/unmasked"] = float(l_un.detach())
     if mixed is not None:
         x_mix, y_mix, keep_mix = mixed
-        l_mix = _loss(seg_loss, mix_logits, y_mix, keep_mix)
+        l_mix = _loss(seg_loss, extra_logits[-1], y_mix, keep_mix)
         total = total + lam * l_mix
         out.terms["loss/mix"] = float(l_mix.detach())
         if keep_views:
