@@ -25,7 +25,8 @@ CONTEXT_FRACTION = 8  # default teacher context per in-plane side: this fraction
 ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
                ("uda", "teacher_context"): 0, ("uda", "class_portion"): None,
                ("uda", "prior_match"): False, ("uda", "prior_momentum"): 0.99,
-               ("uda", "prior"): None, ("uda", "lambda_unmasked"): 0.0}
+               ("uda", "prior"): None, ("uda", "lambda_unmasked"): 0.0,
+               ("mask", "visible_norm"): False}
 
 
 @dataclass
@@ -101,6 +102,9 @@ class MaskConfig:
     # 64 px on 1024² crops; one section in z for 2D crops). On 256² crops, 16 px blocks beat
     # 32 px ones by ~10 IoU on Lucchi -> VNC and were level on VNC -> Lucchi (bench_uda).
     block: list | None = None
+    # Normalise masked views by their visible voxels' statistics (train/visible_norm.py), not
+    # by the whole half-blank map's; needs model.norm=instance.
+    visible_norm: bool = False
 
 
 @dataclass

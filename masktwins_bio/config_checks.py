@@ -125,6 +125,9 @@ def _validate_model(cfg: RunConfig) -> None:
     _check(m.norm in NORMS, f"model.norm={m.norm!r} is not supported; use "
            f"{' or '.join(NORMS)}.")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must lie in [0, 1).")
+    _check(not cfg.mask.visible_norm or m.norm == "instance",
+           "mask.visible_norm=true needs model.norm=instance (it reweights instance-norm "
+           f"statistics), not {m.norm!r}; set one of them differently.")
     if cfg.data.kind == "em":
         _check(m.num_classes == 1, f"model.num_classes={m.num_classes} needs data.kind=natural; "
                "EM runs segment one foreground class (model.num_classes=1).")

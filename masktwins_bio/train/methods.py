@@ -43,6 +43,7 @@ from .classmix import class_mix, class_mix_masks
 from .losses import SegmentationLoss, class_balanced_keep, pseudo_label, twin_consistency
 from .multiclass import label_view, multiclass_pseudo_label
 from .prior import PriorMatch
+from .visible_norm import visible_statistics
 
 USES_TEACHER = {"mean-teacher", "mic", "rmask", "masktwins"}
 USES_MASKS = {"mic", "rmask", "masktwins"}
@@ -132,11 +133,16 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
     # images the student sees beside the method's views: the whole target, the class-mixed one
     extra = ([tgt_strong] if unmasked else []) + ([mixed[0]] if mixed is not None else [])
 
-    def student_views(*views):
+    def student_views(*views, visible=()):
         """The student's logits of each view and of each ``extra`` image, in one forward: same
-        cost as separate forwards, better hardware use."""
+        cost as separate forwards, better hardware use. ``visible``: the views' masks, for
+        ``mask.visible_norm`` (the extra images are whole, so wholly visible)."""
         batch = list(views) + extra
-        logits = student(torch.cat(batch)).split([v.shape[0] for v in batch])
+        weights = None
+        if cfg.mask.visible_norm and visible:
+            weights = torch.cat(list(visible) + [torch.ones_like(e[:, :1]) for e in extra])
+        with visible_statistics(student, weights):
+            logits = student(torch.cat(batch)).split([v.shape[0] for v in batch])
         return logits[:len(views)], logits[len(views):]
 
     if method == "mean-teacher":
@@ -147,7 +153,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
     elif method == "mic":
         visible = block_mask(b, spatial, cfg.block, cfg.mask.ratio, gen, tgt_strong.device)
         masked = tgt_strong * visible
-        (logits,), extra_logits = student_views(masked)
+        (logits,), extra_logits = student_views(masked, visible=(visible,))
         l_cl = pseudo_loss(logits)
         total = sup + lam * l_cl
         out.terms["loss/cl"] = float(l_cl.detach())
@@ -157,11 +163,12 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         if method == "masktwins":
             visible = block_mask(b, spatial, cfg.block, cfg.mask.ratio, gen, tgt_strong.device)
             twin_a, twin_b = complementary_twins(tgt_strong, visible)
+            m1, m2 = visible, 1 - visible
         else:  # rmask
             m1, m2 = independent_masks(b, spatial, cfg.block, cfg.mask.ratio, gen,
                                        tgt_strong.device)
             twin_a, twin_b = tgt_strong * m1, tgt_strong * m2
-        (logits_a, logits_b), extra_logits = student_views(twin_a, twin_b)
+        (logits_a, logits_b), extra_logits = student_views(twin_a, twin_b, visible=(m1, m2))
         l_cl = 0.5 * (pseudo_loss(logits_a) + pseudo_loss(logits_b))
         l_cm = twin_consistency(logits_a, logits_b)
         total = sup + lam * l_cl + cfg.uda.lambda_cm * l_cm

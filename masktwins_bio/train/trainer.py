@@ -26,9 +26,10 @@ from .distributed import SINGLE, DistContext, average_buffers, average_gradients
 from .domains import (STREAM_GLOBAL, STREAM_SOURCE, STREAM_TARGET, STREAM_TRAIN, Domain,
                       draw_batch, iteration_rng)
 from .ema import ema_update, make_teacher
-from .methods import USES_TEACHER, uda_step
+from .methods import USES_MASKS, USES_TEACHER, uda_step
 from .multiclass import make_seg_loss
 from .prior import PriorMatch, source_foreground_fraction
+from .visible_norm import use_visible_norm
 
 
 def lr_factor(cfg: RunConfig, step: int) -> float:
@@ -65,6 +66,8 @@ class Trainer:
             n, total = load_encoder_weights(self.student, cfg.model.pretrained)
             if self.progress:
                 print(f"encoder: {n} of {total} tensors from {cfg.model.pretrained}")
+        if cfg.mask.visible_norm and cfg.method in USES_MASKS:
+            use_visible_norm(self.student)
         self.student = self.student.to(self.device)
         self.teacher = make_teacher(self.student) if cfg.method in USES_TEACHER else None
         self.prior = None

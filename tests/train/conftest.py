@@ -19,3 +19,16 @@ class Recorder(torch.nn.Module):
 def recorder():
     """The class of a network that remembers its last input (``net.seen``)."""
     return Recorder
+
+
+@pytest.fixture
+def bench_uda():
+    """tools/bench_uda.py as a module (tools/ is not a package): its cache keys."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "bench_uda.py"
+    spec = importlib.util.spec_from_file_location("bench_uda_keys", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench

@@ -113,18 +113,7 @@ def test_flipped_teacher_averages_the_four_in_plane_flips():
         assert torch.allclose(teacher_logits(local, x, True), local(x), atol=1e-6)
 
 
-def _bench_uda():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "tools" / "bench_uda.py"
-    spec = importlib.util.spec_from_file_location("bench_uda_keys", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_source_only_ignores_the_teacher_options():
+def test_source_only_ignores_the_teacher_options(bench_uda):
     """bench_uda keys source-only runs without the teacher options: true only while its step
     neither reads them nor draws from the generator, and the trainer draws it no target crop."""
     torch.manual_seed(0)
@@ -140,7 +129,7 @@ def test_source_only_ignores_the_teacher_options():
         results.append((float(out.loss.detach()), float(torch.rand(1, generator=gen))))
     assert results[0] == results[1]
 
-    bench = _bench_uda()
+    bench = bench_uda
     for method, same in (("source-only", True), ("mean-teacher", False)):
         off = build_config({"method": method}).to_dict()
         teacher_options = {"teacher_flips": True, "teacher_context": 4}
@@ -149,10 +138,10 @@ def test_source_only_ignores_the_teacher_options():
             == same, method
 
 
-def test_bench_uda_keys_ignore_options_added_later_at_their_old_value():
+def test_bench_uda_keys_ignore_options_added_later_at_their_old_value(bench_uda):
     """Cached runs were keyed before ``uda.teacher_flips`` existed: at its old default (off) the
     key is the one those runs have, on it is another."""
-    bench = _bench_uda()
+    bench = bench_uda
     cfg = build_config({"method": "masktwins", "uda": {"teacher_flips": False}}).to_dict()
     before = {**cfg, "uda": {k: v for k, v in cfg["uda"].items() if k != "teacher_flips"}}
     assert bench.run_key("vnc-to-lucchi", cfg) == bench.run_key("vnc-to-lucchi", before)
@@ -194,7 +183,8 @@ def test_teacher_defaults_follow_the_data_kind_and_the_crop():
     assert not given.teacher_flips and given.target_crop == (256, 256)
 
 
-def test_unmasked_term_adds_mean_teachers_loss_on_the_whole_target_to_masked_methods(recorder):
+def test_unmasked_term_adds_mean_teachers_loss_on_the_whole_target_to_masked_methods(
+        recorder, bench_uda):
     """``uda.lambda_unmasked``: the student also sees the unmasked target, in the same forward,
     and the total gains exactly lambda_unmasked x lambda_cl x weight x its pseudo-label loss."""
     torch.manual_seed(0)
@@ -213,7 +203,7 @@ def test_unmasked_term_adds_mean_teachers_loss_on_the_whole_target_to_masked_met
             assert student.seen.shape[0] == 2 and "loss/unmasked" not in out[0.5].terms
             assert float(out[0.5].loss.detach()) == float(out[0.0].loss.detach())
             # so bench_uda keys its runs (and source-only's) without the option
-            bench = _bench_uda()
+            bench = bench_uda
             for m in ("source-only", "mean-teacher"):
                 keys = {bench.run_key("vnc-to-lucchi", build_config(
                     {"method": m, "uda": {"lambda_unmasked": w}}).to_dict()) for w in (0, 0.5)}

@@ -1,0 +1,82 @@
+"""Instance norm that takes its statistics from the visible voxels of a masked view.
+
+MONAI's UNet normalises every feature map by its own spatial mean and variance. A masked
+target view is half blank, so those statistics are the blank half's as much as the image's:
+the first layer's variance is about halved and every visible feature is scaled up by ~sqrt(2)
+against the same image seen whole. The student then learns the target on features it never
+computes at test time, where it sees whole volumes. With ``mask.visible_norm`` the masked
+views are normalised by the (area-weighted) statistics of their visible voxels, an unbiased
+estimate of the whole crop's, while unmasked inputs (source, teacher, inference) are
+normalised exactly as by ``nn.InstanceNorm``.
+
+The swap keeps the module tree and state dict: instance norm here has no affine weights or
+running statistics (MONAI's default), so checkpoints load into a plain UNet unchanged.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+_DIMS = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
+
+
+class _Visibility:
+    """The visible share of each voxel of the batch being forwarded; shared by all the norms
+    of one network, empty (``None``) outside :func:`visible_statistics`."""
+
+    def __init__(self):
+        self.weights: torch.Tensor | None = None
+
+
+class VisibleInstanceNorm(nn.Module):
+    """``nn.InstanceNormNd(affine=False)`` whose statistics are weighted by the visibility
+    set for the current forward: ``(B, 1, *spatial)`` at input resolution, average-pooled to
+    each feature map's size (a deep cell half covered by visible blocks counts half)."""
+
+    def __init__(self, dims: int, eps: float, visibility: _Visibility):
+        super().__init__()
+        self.dims, self.eps, self.visibility = dims, eps, visibility
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.visibility.weights
+        axes = tuple(range(2, x.ndim))
+        if weights is None:
+            return F.instance_norm(x, eps=self.eps)
+        w = _POOL[self.dims](weights.to(x.dtype), x.shape[2:])
+        total = w.sum(dim=axes, keepdim=True).clamp_min(1e-6)  # an all-hidden view: no NaN
+        mean = (x * w).sum(dim=axes, keepdim=True) / total
+        var = ((x - mean).square() * w).sum(dim=axes, keepdim=True) / total
+        return (x - mean) * torch.rsqrt(var + self.eps)
+
+
+def use_visible_norm(model: nn.Module) -> int:
+    """Replace every affine-free, stat-free instance norm of ``model`` in place; returns how
+    many. Norms with weights or running statistics are left alone (none in our UNets)."""
+    visibility = _Visibility()
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in _DIMS and not child.affine and not child.track_running_stats:
+                setattr(parent, name, VisibleInstanceNorm(_DIMS[type(child)], child.eps,
+                                                          visibility))
+                swapped += 1
+    return swapped
+
+
+@contextmanager
+def visible_statistics(model: nn.Module, weights: torch.Tensor | None):
+    """Within the block, ``model``'s visible norms weight their statistics by ``weights``
+    (``(B, 1, *spatial)``, 1 visible, 0 hidden); a model without them is unaffected."""
+    norms = [m for m in model.modules() if isinstance(m, VisibleInstanceNorm)]
+    states = {id(n.visibility): n.visibility for n in norms}
+    for state in states.values():
+        state.weights = weights
+    try:
+        yield
+    finally:
+        for state in states.values():
+            state.weights = None
