@@ -125,7 +125,7 @@ def _validate_model(cfg: RunConfig) -> None:
     _check(m.norm in NORMS, f"model.norm={m.norm!r} is not supported; use "
            f"{' or '.join(NORMS)}.")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must lie in [0, 1).")
-    _check(not cfg.mask.visible_norm or m.norm == "instance",
+    _check(cfg.mask.visible_norm is not True or m.norm == "instance",
            "mask.visible_norm=true needs model.norm=instance (it reweights instance-norm "
            f"statistics), not {m.norm!r}; set one of them differently.")
     if cfg.data.kind == "em":

@@ -45,10 +45,11 @@ CPU_PRESET = {
     # move with the rules: teacher context 1/8 of the side and the flipped teacher (since
     # 2026-11-28; the earlier table: uda.teacher_flips=false uda.teacher_context=0), blocks of
     # 1/16 of the side, and prior-matched pseudo-labels (since 2026-11-29; the tables before
-    # it: uda.prior_match=false).
+    # it: uda.prior_match=false), masked views normalised by their visible voxels (since
+    # 2026-11-30; the tables before it: mask.visible_norm=false).
     "uda": {"ema": 0.99, "warmup_iters": 1000, "teacher_flips": True, "teacher_context": 32,
             "prior_match": True},
-    "mask": {"block": [1, 16, 16]},
+    "mask": {"block": [1, 16, 16], "visible_norm": True},
 }
 TABLE_SEEDS = 10  # the table file holds whichever of seeds 0..9 are cached
 GPU_PRESET_FILE = ROOT / "configs" / "vnc_to_lucchi.yaml"

@@ -139,7 +139,7 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
         ``mask.visible_norm`` (the extra images are whole, so wholly visible)."""
         batch = list(views) + extra
         weights = None
-        if cfg.mask.visible_norm and visible:
+        if cfg.visible_norm and visible:
             weights = torch.cat(list(visible) + [torch.ones_like(e[:, :1]) for e in extra])
         with visible_statistics(student, weights):
             logits = student(torch.cat(batch)).split([v.shape[0] for v in batch])

@@ -66,7 +66,7 @@ class Trainer:
             n, total = load_encoder_weights(self.student, cfg.model.pretrained)
             if self.progress:
                 print(f"encoder: {n} of {total} tensors from {cfg.model.pretrained}")
-        if cfg.mask.visible_norm and cfg.method in USES_MASKS:
+        if cfg.visible_norm and cfg.method in USES_MASKS:
             use_visible_norm(self.student)
         self.student = self.student.to(self.device)
         self.teacher = make_teacher(self.student) if cfg.method in USES_TEACHER else None

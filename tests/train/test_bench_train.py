@@ -18,3 +18,4 @@ def test_bench_train_times_the_official_and_the_em_default_teacher():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["step_ratio"] > 1 and result["step_ratio_em_teacher"] > 1
     assert result["em_teacher"] == {"flips": True, "context": 32}
+    assert result["visible_norm_ratio"] > 0 and result["masktwins_plain_norm_step_s"] > 0

@@ -128,3 +128,15 @@ def test_bench_uda_keeps_the_keys_of_runs_cached_before_the_option(bench_uda):
         before = {**cfg, "mask": {k: v for k, v in cfg["mask"].items() if k != "visible_norm"}}
         assert off == bench.run_key("vnc-to-lucchi", before)
         assert (off != on) == (method == "masktwins"), method
+
+
+def test_default_rule_is_on_for_instance_norm_and_pinned_into_the_saved_config():
+    from masktwins_bio.config import pin_rules
+
+    assert build_config({}).visible_norm
+    assert not build_config({"model": {"norm": "batch"}}).visible_norm   # no error either
+    assert not build_config({"mask": {"visible_norm": False}}).visible_norm
+    cfg = build_config({})
+    assert cfg.mask.visible_norm is None
+    pin_rules(cfg)
+    assert cfg.mask.visible_norm is True
