@@ -5,8 +5,8 @@ target view is half blank, so those statistics are the blank half's as much as t
 the first layer's variance is about halved and every visible feature is scaled up by ~sqrt(2)
 against the same image seen whole. The student then learns the target on features it never
 computes at test time, where it sees whole volumes. With ``mask.visible_norm`` the masked
-views are normalised by the (area-weighted) statistics of their visible voxels, an unbiased
-estimate of the whole crop's, while unmasked inputs (source, teacher, inference) are
+views are normalised by the (area-weighted) statistics of their visible voxels, an estimate
+of the whole crop's, while unmasked inputs (source, teacher, inference) are
 normalised exactly as by ``nn.InstanceNorm``.
 
 The swap keeps the module tree and state dict: instance norm here has no affine weights or
@@ -46,11 +46,13 @@ class VisibleInstanceNorm(nn.Module):
         axes = tuple(range(2, x.ndim))
         if weights is None:
             return F.instance_norm(x, eps=self.eps)
-        w = _POOL[self.dims](weights.to(x.dtype), x.shape[2:])
+        # statistics in float32 whatever autocast gives (bf16 sums over a 256² map lose digits)
+        xf = x.float()
+        w = _POOL[self.dims](weights.to(device=x.device, dtype=torch.float32), x.shape[2:])
         total = w.sum(dim=axes, keepdim=True).clamp_min(1e-6)  # an all-hidden view: no NaN
-        mean = (x * w).sum(dim=axes, keepdim=True) / total
-        var = ((x - mean).square() * w).sum(dim=axes, keepdim=True) / total
-        return (x - mean) * torch.rsqrt(var + self.eps)
+        mean = (xf * w).sum(dim=axes, keepdim=True) / total
+        var = ((xf - mean).square() * w).sum(dim=axes, keepdim=True) / total
+        return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
 
 
 def use_visible_norm(model: nn.Module) -> int:

@@ -140,3 +140,16 @@ def test_default_rule_is_on_for_instance_norm_and_pinned_into_the_saved_config()
     assert cfg.mask.visible_norm is None
     pin_rules(cfg)
     assert cfg.mask.visible_norm is True
+
+
+def test_bf16_features_keep_their_dtype_and_float32_statistics():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 64, 64) * 3 + 100     # a large mean: bf16 sums would lose it
+    m = block_mask(2, (64, 64), (8, 8), 0.5, torch.Generator().manual_seed(1))
+    norm = torch.nn.Sequential(torch.nn.InstanceNorm2d(4))
+    use_visible_norm(norm)
+    with visible_statistics(norm, m):
+        ref, half = norm(x * m), norm((x * m).bfloat16())
+    assert half.dtype == torch.bfloat16
+    vis = m.expand_as(x).bool()
+    assert (half.float()[vis] - ref[vis]).abs().max() < 0.1
