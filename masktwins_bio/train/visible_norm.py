@@ -21,15 +21,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 _POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
-_DIMS = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
+_INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
 class _Visibility:
     """The visible share of each voxel of the batch being forwarded; shared by all the norms
-    of one network, empty (``None``) outside :func:`visible_statistics`."""
+    of one network, empty (``None``) outside :func:`visible_statistics`. Pooled once per
+    feature-map size: a UNet's norms share a handful of sizes."""
 
     def __init__(self):
         self.weights: torch.Tensor | None = None
+        self._pooled: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def set(self, weights: torch.Tensor | None) -> None:
+        self.weights, self._pooled = weights, {}
+
+    def at(self, size: torch.Size) -> torch.Tensor:
+        """The float32 visibility average-pooled to ``size``."""
+        key = tuple(size)
+        if key not in self._pooled:
+            self._pooled[key] = _POOL[len(key)](self.weights.to(torch.float32), key)
+        return self._pooled[key]
 
 
 class VisibleInstanceNorm(nn.Module):
@@ -37,18 +49,17 @@ class VisibleInstanceNorm(nn.Module):
     set for the current forward: ``(B, 1, *spatial)`` at input resolution, average-pooled to
     each feature map's size (a deep cell half covered by visible blocks counts half)."""
 
-    def __init__(self, dims: int, eps: float, visibility: _Visibility):
+    def __init__(self, eps: float, visibility: _Visibility):
         super().__init__()
-        self.dims, self.eps, self.visibility = dims, eps, visibility
+        self.eps, self.visibility = eps, visibility
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.visibility.weights
-        axes = tuple(range(2, x.ndim))
-        if weights is None:
+        if self.visibility.weights is None:
             return F.instance_norm(x, eps=self.eps)
+        axes = tuple(range(2, x.ndim))
         # statistics in float32 whatever autocast gives (bf16 sums over a 256² map lose digits)
         xf = x.float()
-        w = _POOL[self.dims](weights.to(device=x.device, dtype=torch.float32), x.shape[2:])
+        w = self.visibility.at(x.shape[2:])
         total = w.sum(dim=axes, keepdim=True).clamp_min(1e-6)  # an all-hidden view: no NaN
         mean = (xf * w).sum(dim=axes, keepdim=True) / total
         var = ((xf - mean).square() * w).sum(dim=axes, keepdim=True) / total
@@ -62,9 +73,9 @@ def use_visible_norm(model: nn.Module) -> int:
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) in _DIMS and not child.affine and not child.track_running_stats:
-                setattr(parent, name, VisibleInstanceNorm(_DIMS[type(child)], child.eps,
-                                                          visibility))
+            if type(child) in _INSTANCE_NORMS and not child.affine \
+                    and not child.track_running_stats:
+                setattr(parent, name, VisibleInstanceNorm(child.eps, visibility))
                 swapped += 1
     return swapped
 
@@ -76,9 +87,9 @@ def visible_statistics(model: nn.Module, weights: torch.Tensor | None):
     norms = [m for m in model.modules() if isinstance(m, VisibleInstanceNorm)]
     states = {id(n.visibility): n.visibility for n in norms}
     for state in states.values():
-        state.weights = weights
+        state.set(weights)
     try:
         yield
     finally:
         for state in states.values():
-            state.weights = None
+            state.set(None)
