@@ -115,16 +115,27 @@ def main() -> int:
                   "em_teacher": {"flips": em_cfg.teacher_flips,
                                  "context": em_cfg.teacher_context},
                   "dims": args.dims, "batch": args.batch, "threads": torch.get_num_threads()}
+        # Achieved arithmetic rate of each step: FLOPs counted once by torch's counter
+        # (convolutions and matrix products), over the median time measured above.
+        for key, name, seconds in (("plain", "plain", plain_s), ("masktwins", "masktwins", twins_s),
+                                   ("masktwins_em_teacher", "masktwins_em_teacher", em_s)):
+            flops = _flops_per_step(trainers[name])
+            result[f"{key}_gflop_per_step"] = flops / 1e9
+            result[f"{key}_tflops"] = flops / seconds / 1e12
         if device.type == "cuda":
-            name = torch.cuda.get_device_name(device)
+            gpu = torch.cuda.get_device_name(device)
+            # Peak memory of the heaviest step (the EM default teacher), from a clean mark.
+            torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-            flops = _flops_per_step(twins)
             twins.step(10**5 + 1)
-            result.update(gpu=name, peak_gpu_mem_gb=torch.cuda.max_memory_allocated(device) / 1e9,
-                          masktwins_tflops=flops / twins_s / 1e12)
-            peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+            torch.cuda.synchronize(device)
+            result.update(gpu=gpu, peak_gpu_mem_gb=torch.cuda.max_memory_allocated(device) / 1e9,
+                          amp_dtype=str(twins.amp_dtype))
+            peak = next((v for k, v in BF16_PEAK.items() if k in gpu), None)
             if peak:
-                result["fraction_of_bf16_peak"] = result["masktwins_tflops"] / peak
+                result["bf16_peak_tflops"] = peak
+                for key in ("plain", "masktwins", "masktwins_em_teacher"):
+                    result[f"{key}_fraction_of_bf16_peak"] = result[f"{key}_tflops"] / peak
     print(f"device {result['device']}, {args.dims}D, batch {args.batch}+{args.batch}, "
           f"{torch.get_num_threads()} threads")
     print(f"plain supervised step  {plain_s * 1e3:8.1f} ms")
@@ -136,9 +147,14 @@ def main() -> int:
     print(f"MaskTwins step         {em_s * 1e3:8.1f} ms  ({1 / em_s:.2f} it/s; EM default "
           f"teacher: 4 flips, context {em_cfg.teacher_context})")
     print(f"ratio                  {result['step_ratio_em_teacher']:8.2f}")
-    if "masktwins_tflops" in result:
-        print(f"achieved {result['masktwins_tflops']:.1f} TFLOP/s, peak memory "
-              f"{result['peak_gpu_mem_gb']:.2f} GB on {result['gpu']}")
+    for key in ("plain", "masktwins", "masktwins_em_teacher"):
+        share = result.get(f"{key}_fraction_of_bf16_peak")
+        print(f"achieved {key:22s} {result[f'{key}_tflops']:8.2f} TFLOP/s"
+              f" ({result[f'{key}_gflop_per_step']:.0f} GFLOP a step)"
+              + (f", {100 * share:.1f}% of the bf16 peak" if share is not None else ""))
+    if "gpu" in result:
+        print(f"peak GPU memory {result['peak_gpu_mem_gb']:.2f} GB ({result['amp_dtype']} "
+              f"autocast) on {result['gpu']}")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -19,3 +19,9 @@ def test_bench_train_times_the_official_and_the_em_default_teacher():
     assert result["step_ratio"] > 1 and result["step_ratio_em_teacher"] > 1
     assert result["em_teacher"] == {"flips": True, "context": 32}
     assert result["visible_norm_ratio"] > 0 and result["masktwins_plain_norm_step_s"] > 0
+    # the arithmetic-rate figures (the GPU utilisation) come from the same code on CPU
+    for key in ("plain", "masktwins", "masktwins_em_teacher"):
+        assert result[f"{key}_gflop_per_step"] > 0 and result[f"{key}_tflops"] > 0
+    # the official MaskTwins step does ~3.3 plain steps of work (compute floor), the EM teacher more
+    assert 2.5 < result["masktwins_gflop_per_step"] / result["plain_gflop_per_step"] < 4.5
+    assert result["masktwins_em_teacher_gflop_per_step"] > result["masktwins_gflop_per_step"]
