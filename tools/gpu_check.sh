@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU check (<= 8 minutes on one GPU): the training-step benchmark on CUDA (2D and
-# 3D), the CUDA tests, a short real-data run (VNC -> Lucchi, when the data is there) and the
-# inference benchmark on CUDA. Every part has its own time limit, so one that hangs costs its
+# One prepared GPU check (<= 8 minutes on one GPU; 4-5 on an H200): the training-step benchmark
+# on CUDA (2D, 2D at the GPU recipe's size, 3D), the CUDA tests, a short real-data run (VNC ->
+# Lucchi, when the data is there) and the inference benchmark on CUDA. Every part has its own time limit, so one that hangs costs its
 # slot and no more, and the log is written as it goes: tools/results/gpu_check_<GPU>.txt (and
 # $OUT when the device tool sets it).
 #   bash tools/gpu_check.sh                      # real data from ../shared/data/real
@@ -26,12 +26,15 @@ section() { echo; echo "## $* ($(date -u +%H:%M:%S))"; }
   echo "# gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) on ${gpu}, commit ${MASKTWINS_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$PY" -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__)"
-  section "bench_train 2D, batch 8+8, 256^2 crops"
-  timeout 75 "$PY" tools/bench_train.py --device cuda --batch 8 --steps 20 --json
-  section "bench_train 3D, batch 2+2, 32x128x128 crops"
-  timeout 60 "$PY" tools/bench_train.py --device cuda --dims 3 --batch 2 --steps 10 --json
+  section "bench_train 2D, default UNet, batch 8+8, 256^2 crops"
+  timeout 60 "$PY" tools/bench_train.py --device cuda --batch 8 --steps 20 --json
+  section "bench_train 2D at the GPU recipe's size: UNet 32-512, batch 2+2, 512^2 crops"
+  timeout 60 "$PY" tools/bench_train.py --device cuda --batch 2 --steps 20 --crop 512 \
+    --channels 32,64,128,256,512 --json
+  section "bench_train 3D, default UNet, batch 2+2, 32x128x128 crops"
+  timeout 50 "$PY" tools/bench_train.py --device cuda --dims 3 --batch 2 --steps 10 --json
   section "CUDA tests"
-  timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/train/test_cuda_paths.py \
+  timeout 60 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/train/test_cuda_paths.py \
     tests/data/test_data_prefetch.py
   if [ -d "$real/vnc" ] && [ -d "$real/lucchi" ]; then
     section "short real-data run: VNC -> Lucchi, MaskTwins, GPU recipe, 2000 iterations"
@@ -47,7 +50,7 @@ section() { echo; echo "## $* ($(date -u +%H:%M:%S))"; }
   fi
   if [ -f tools/bench_infer.py ]; then
     section "bench_infer"
-    timeout 80 "$PY" tools/bench_infer.py --device cuda --parts equivalence,speed --json
+    timeout 70 "$PY" tools/bench_infer.py --device cuda --parts equivalence,speed --json
   fi
   section "done"
 } 2>&1 | tee "$log"
