@@ -9,7 +9,12 @@ passes over 1.56x the pixels instead of one), timed too: ``step_ratio_em_teacher
 steps are timed through the real trainer (sampling, augmentation, optimiser, EMA included),
 interleaved so machine noise hits them alike, and the medians are reported.
 
+On CUDA it also reports each step's achieved TFLOP/s against the GPU's bf16 peak, peak GPU
+memory, and the bare network's forward + backward in four layouts (default, channels-last, each
+with and without cuDNN's algorithm search), to tell the network's cost from the step's.
+
     python tools/bench_train.py [--device cpu|cuda] [--dims 2|3] [--steps N] [--json]
+    python tools/bench_train.py --device cuda --crop 512 --channels 32,64,128,256,512  # recipe
 """
 from __future__ import annotations
 
@@ -181,11 +186,11 @@ def main() -> int:
                   "threads": torch.get_num_threads()}
         # Achieved arithmetic rate of each step: FLOPs counted once by torch's counter
         # (convolutions and matrix products), over the median time measured above.
-        for key, name, seconds in (("plain", "plain", plain_s), ("masktwins", "masktwins", twins_s),
-                                   ("masktwins_em_teacher", "masktwins_em_teacher", em_s)):
+        for name, seconds in (("plain", plain_s), ("masktwins", twins_s),
+                              ("masktwins_em_teacher", em_s)):
             flops = _flops_per_step(trainers[name])
-            result[f"{key}_gflop_per_step"] = flops / 1e9
-            result[f"{key}_tflops"] = flops / seconds / 1e12
+            result[f"{name}_gflop_per_step"] = flops / 1e9
+            result[f"{name}_tflops"] = flops / seconds / 1e12
         # Where a step's time goes: drawing and augmenting crops on the CPU (the training loop
         # overlaps this with the GPU through its prefetcher, the timed steps above do not), and
         # the bare network's forward + backward over the source batch in each layout.
@@ -208,8 +213,7 @@ def main() -> int:
         if failed:
             result["network_failed"] = failed
         result["network_fwd_bwd_s"] = net
-        with_flops = trainers["plain"]
-        result["network_gflop"] = _network_flops(with_flops, args.batch) / 1e9
+        result["network_gflop"] = _network_flops(trainers["plain"], args.batch) / 1e9
         result["network_tflops"] = {k: result["network_gflop"] / v / 1e3 for k, v in net.items()}
         if device.type == "cuda":
             gpu = torch.cuda.get_device_name(device)
