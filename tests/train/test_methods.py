@@ -113,26 +113,6 @@ def test_flipped_teacher_averages_the_four_in_plane_flips():
         assert torch.allclose(teacher_logits(local, x, True), local(x), atol=1e-6)
 
 
-def test_flipped_teacher_is_one_forward_equal_to_four(tiny_settings):
-    """The four flips go through the teacher as one batch; for a UNet whose norms are
-    per-sample (eval mode) that gives exactly what four separate forwards give."""
-    from masktwins_bio.models import build_model
-    from masktwins_bio.train.methods import teacher_logits
-
-    torch.manual_seed(0)
-    teacher = build_model(build_config(tiny_settings).model, 2, in_channels=1).eval()
-    calls = []
-    teacher.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
-    x = torch.randn(2, 1, 32, 48)
-    with torch.no_grad():
-        got = teacher_logits(teacher, x, flips=True)
-        assert calls == [8]
-        total = teacher(x)
-        for axes in ((-1,), (-2,), (-1, -2)):
-            total = total + teacher(x.flip(axes)).flip(axes)
-    assert torch.allclose(got, total / 4, atol=1e-6)
-
-
 def test_source_only_ignores_the_teacher_options(bench_uda):
     """bench_uda keys source-only runs without the teacher options: true only while its step
     neither reads them nor draws from the generator, and the trainer draws it no target crop."""
