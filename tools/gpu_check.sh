@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU check (<= 8 minutes on one GPU; 4-5 on an H200): the training-step benchmark
-# on CUDA (2D, 2D at the GPU recipe's size, 3D), the CUDA tests, a short real-data run (VNC ->
-# Lucchi, when the data is there) and the inference benchmark on CUDA. Every part has its own
-# time limit, so one that hangs costs its slot and no more, and the log is written as it goes:
-# tools/results/gpu_check_<GPU>.txt (and $OUT when the device tool sets it).
+# One prepared GPU check (<= 8 minutes on one GPU; 4-6 on an H200): the training-step benchmark
+# on CUDA (2D, 2D at the GPU recipe's size, 3D), the CUDA tests, the inference benchmark on
+# CUDA and a short real-data run (VNC -> Lucchi, when the data is there). Every part has its
+# own time limit, so one that hangs costs its slot and no more, and the log is written as it
+# goes: tools/results/gpu_check_<GPU>.txt (and $OUT when the device tool sets it).
 #   bash tools/gpu_check.sh                      # real data from ../shared/data/real
 #   MASKTWINS_REAL_DATA=/data/real bash tools/gpu_check.sh
 set -uo pipefail
