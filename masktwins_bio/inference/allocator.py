@@ -1,4 +1,7 @@
-"""Keep glibc's malloc from holding freed block buffers in one arena per thread.
+"""Tune glibc's malloc for our two workloads: prediction (few arenas) and training (no
+returning freed tensor memory to the kernel).
+
+Prediction: keep glibc's malloc from holding freed block buffers in one arena per thread.
 
 The engine passes blocks of a few MB between a dozen threads (reader, forward streams, blender,
 writers, the compressor's pool). glibc gives each thread that contends for the heap its own
@@ -18,8 +21,33 @@ import ctypes.util
 import os
 import sys
 
-M_ARENA_MAX = -8  # from glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # from glibc's malloc.h
 ARENAS = 2
+MMAP_THRESHOLD = 256 * 2**20  # tensors below this come from the heap, and are reused from it
+TRIM_THRESHOLD = 2**30        # free heap kept for reuse before any is returned to the kernel
+
+
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def keep_freed_memory() -> bool:
+    """Training: let glibc reuse freed tensor memory instead of unmapping it and faulting fresh
+    pages in on the next step. By default activations of a few MB are mmapped and unmapped
+    every step (or trimmed off the heap's top); a CPU-preset run took 40.9 M minor page faults
+    and 90 s of system time. With these thresholds `tools/bench_train.py --device cpu` (two
+    threads, idle machine, two runs each) took 4.7x fewer faults, a third of the system time
+    and 5-7% less time a MaskTwins step, at the same peak RSS. A user's own
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` wins; elsewhere this does nothing."""
+    if not sys.platform.startswith("linux") or \
+            {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+        return False
+    try:
+        libc = _libc()
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+            bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def limit_arenas(arenas: int = ARENAS) -> bool:
@@ -27,7 +55,6 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_ARENA_MAX, int(arenas)))
+        return bool(_libc().mallopt(M_ARENA_MAX, int(arenas)))
     except (OSError, AttributeError):  # not glibc
         return False

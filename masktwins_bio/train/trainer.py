@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
+from ..inference.allocator import keep_freed_memory
 from ..metrics import evaluate_volumes
 from ..models import build_model, load_encoder_weights
 from .augment import photometric
@@ -51,6 +52,7 @@ class Trainer:
                  ctx: DistContext = SINGLE, validation=None):
         # ``validation(model, device) -> metrics`` replaces the volume metrics on target_labels
         # (driving scenes: mIoU on Cityscapes val, see scene_eval.py).
+        keep_freed_memory()  # no page faults for each step's activations (CPU: 5-7% a step)
         self.cfg, self.source, self.target, self.ctx = cfg, source, target, ctx
         self.validation = validation
         self.run_dir, self.target_labels = Path(run_dir), target_labels
