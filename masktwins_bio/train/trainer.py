@@ -52,7 +52,7 @@ class Trainer:
                  ctx: DistContext = SINGLE, validation=None):
         # ``validation(model, device) -> metrics`` replaces the volume metrics on target_labels
         # (driving scenes: mIoU on Cityscapes val, see scene_eval.py).
-        keep_freed_memory()  # no page faults for each step's activations (CPU: 5-7% a step)
+        keep_freed_memory()  # fewer page faults for each step's activations (CPU: 4-8% a step)
         self.cfg, self.source, self.target, self.ctx = cfg, source, target, ctx
         self.validation = validation
         self.run_dir, self.target_labels = Path(run_dir), target_labels
