@@ -1,4 +1,5 @@
-"""The engine caps glibc's malloc arenas (peak RSS), and leaves a user's own setting alone."""
+"""The engine caps glibc's malloc arenas (peak RSS), training keeps freed tensor memory for
+reuse, and a user's own malloc settings win over both."""
 import os
 import platform
 import subprocess
@@ -7,39 +8,35 @@ import sys
 import pytest
 
 glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+ARENAS = "from masktwins_bio.inference.allocator import limit_arenas as f; print(f())"
+THRESHOLDS = "from masktwins_bio.inference.allocator import keep_freed_memory as f; print(f())"
+
+
+def _applied(code: str, env: dict) -> str:
+    """What the allocator call in ``code`` returned, in a fresh interpreter with ``env``."""
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _without_malloc_settings() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
 
 
 @pytest.mark.skipif(not glibc, reason="mallopt is glibc's")
 def test_arenas_are_capped_on_glibc():
-    code = "from masktwins_bio.inference.allocator import limit_arenas; print(limit_arenas())"
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "True"
+    assert _applied(ARENAS, _without_malloc_settings()) == "True"
 
 
 def test_a_users_malloc_arena_max_wins():
-    code = "from masktwins_bio.inference.allocator import limit_arenas; print(limit_arenas())"
-    env = {**os.environ, "MALLOC_ARENA_MAX": "4"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "False"
+    assert _applied(ARENAS, {**os.environ, "MALLOC_ARENA_MAX": "4"}) == "False"
 
 
 @pytest.mark.skipif(not glibc, reason="mallopt is glibc's")
 def test_training_sets_the_malloc_thresholds_on_glibc():
     # (a page-fault count against glibc's default was tried as the test: it varied 37k-65k
     # between environments against 25-29k kept, too close to assert on)
-    code = "from masktwins_bio.inference.allocator import keep_freed_memory as k; print(k())"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "True"
+    assert _applied(THRESHOLDS, _without_malloc_settings()) == "True"
 
 
 def test_a_users_malloc_thresholds_win():
-    code = "from masktwins_bio.inference.allocator import keep_freed_memory as k; print(k())"
-    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "False"
+    assert _applied(THRESHOLDS, {**os.environ, "MALLOC_TRIM_THRESHOLD_": "131072"}) == "False"
