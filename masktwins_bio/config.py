@@ -22,11 +22,12 @@ BLOCK_FRACTION = 16  # default mask block: this fraction of the crop side (METHO
 CONTEXT_FRACTION = 8  # default teacher context per in-plane side: this fraction of the crop side
 # Keys added after runs were saved (and benchmark runs cached), with the value every run saved
 # before them trained with: a resume must not pick up a default rule the run never had.
+# (section, key); section None for a top-level key.
 ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
                ("uda", "teacher_context"): 0, ("uda", "class_portion"): None,
                ("uda", "prior_match"): False, ("uda", "prior_momentum"): 0.99,
                ("uda", "prior"): None, ("uda", "lambda_unmasked"): 0.0,
-               ("mask", "visible_norm"): False}
+               ("mask", "visible_norm"): False, (None, "amp_cpu"): False}
 
 
 @dataclass
@@ -176,7 +177,11 @@ class RunConfig:
     iters: int = 2000
     seed: int = 0
     device: str = "auto"
-    amp: bool = True                        # bf16/fp16 autocast on CUDA; ignored on CPU
+    amp: bool = True                        # bf16/fp16 autocast on CUDA
+    # bf16 autocast on a CPU with bf16 instructions (AVX512-BF16 or AMX; full precision on
+    # others): the 2D MaskTwins step 1.3x faster on 2 cores (README Results). Its own key, so
+    # runs and cached results made in full precision before it keep theirs.
+    amp_cpu: bool = True
     checkpoint_every: int = 500
     val_every: int = 500
     log_every: int = 20

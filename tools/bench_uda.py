@@ -108,7 +108,10 @@ def run_key(direction: str, cfg_dict: dict) -> str:
 def without_added_later(cfg_dict: dict) -> dict:
     """``cfg_dict`` less the keys added later that hold the value every earlier run had."""
     for (section, key), old in ADDED_LATER.items():
-        if section in cfg_dict and cfg_dict[section].get(key, old) == old:
+        if section is None:
+            if cfg_dict.get(key, old) == old:
+                cfg_dict = {k: v for k, v in cfg_dict.items() if k != key}
+        elif section in cfg_dict and cfg_dict[section].get(key, old) == old:
             cfg_dict = {**cfg_dict, section: {k: v for k, v in cfg_dict[section].items()
                                               if k != key}}
     return cfg_dict
@@ -162,7 +165,8 @@ def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
         metrics = evaluate_volumes(prob, data["target_labels"])
         result = {"metrics": {k: metrics[k] for k in keep},
                   "seconds": time.perf_counter() - start,  # training, prediction and scoring
-                  "device": str(trainer.device), "threads": torch.get_num_threads()}
+                  "device": str(trainer.device), "threads": torch.get_num_threads(),
+                  "autocast": str(trainer.amp_dtype).replace("torch.", "")}
         if trainer.prior is not None and trainer.prior.bias is not None:
             # a what-if beside the run's result: the same prediction thresholded where the
             # prior-matched pseudo-labels were (the final bias), not at p = 0.5; mAP ranks the

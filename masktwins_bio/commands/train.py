@@ -188,7 +188,7 @@ def load_domains(cfg: RunConfig, data_root: str | None = None, rank: int = 0):
 
 def _with_keys_added_later(saved: dict) -> dict:
     for (section, key), value in ADDED_LATER.items():
-        part = saved.setdefault(section, {})
+        part = saved if section is None else saved.setdefault(section, {})
         if isinstance(part, dict) and key not in part:
             part[key] = value
     return saved
@@ -289,7 +289,7 @@ def load_scene_domains(cfg: RunConfig, data_root: str | None, rank: int = 0):
     else:
         from ..train.scene_eval import SceneValidator
 
-        amp = autocast_dtype(select_device(cfg.device), cfg.amp)
+        amp = autocast_dtype(select_device(cfg.device), cfg.amp, cfg.amp_cpu)
         validator = SceneValidator(val, cfg.model.num_classes, n.val_window, n.val_stride,
                                    n.target_scale, n.ignore_index, n.val_images,
                                    n.miou_classes, amp,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
 
@@ -19,11 +21,30 @@ def select_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16; None means full precision (CPU or disabled)."""
+def autocast_dtype(device: torch.device, enabled: bool,
+                   cpu_enabled: bool = False) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; on CPU bf16 only with ``cpu_enabled`` and
+    bf16 instructions; None means full precision."""
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_enabled and cpu_has_bf16() else None
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16). oneDNN emulates
+    bf16 on other CPUs, where autocast would be slower than full precision. Linux flags only:
+    elsewhere the answer is False (full precision, the safe side)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return torch.backends.mkldnn.is_available() and \
+        bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

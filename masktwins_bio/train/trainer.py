@@ -60,7 +60,7 @@ class Trainer:
         self.device = select_device(cfg.device)
         if ctx.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", ctx.local_rank)
-        self.amp_dtype = autocast_dtype(self.device, cfg.amp)
+        self.amp_dtype = autocast_dtype(self.device, cfg.amp, cfg.amp_cpu)
         torch.manual_seed(cfg.seed)  # network initialisation
         in_channels = cfg.model.in_channels or getattr(source, "channels", 1)
         self.student = build_model(cfg.model, cfg.dims, in_channels=in_channels)
