@@ -178,9 +178,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True                        # bf16/fp16 autocast on CUDA
-    # bf16 autocast on a CPU with bf16 instructions (AVX512-BF16 or AMX; full precision on
-    # others): the 2D MaskTwins step 1.3x faster on 2 cores (README Results). Its own key, so
-    # runs and cached results made in full precision before it keep theirs.
+    # bf16 autocast of 2D networks on a CPU with bf16 instructions (AVX512-BF16 or AMX; full
+    # precision on others and in 3D, see Trainer): the 2D MaskTwins step 1.3x faster on 2
+    # cores. Its own key, so runs and cached results made in full precision keep theirs.
     amp_cpu: bool = True
     checkpoint_every: int = 500
     val_every: int = 500

@@ -50,6 +50,9 @@ CPU_PRESET = {
     "uda": {"ema": 0.99, "warmup_iters": 1000, "teacher_flips": True, "teacher_context": 32,
             "prior_match": True},
     "mask": {"block": [1, 16, 16], "visible_norm": True},
+    # bf16 autocast on a CPU with bf16 instructions (since 2026-11-30 evening; the tables
+    # before it: amp_cpu=false). The cached runs' `autocast` says what each one used.
+    "amp_cpu": True,
 }
 TABLE_SEEDS = 10  # the table file holds whichever of seeds 0..9 are cached
 GPU_PRESET_FILE = ROOT / "configs" / "vnc_to_lucchi.yaml"

@@ -33,12 +33,12 @@ def autocast_dtype(device: torch.device, enabled: bool,
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_bf16() -> bool:
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16). oneDNN emulates
     bf16 on other CPUs, where autocast would be slower than full precision. Linux flags only:
     elsewhere the answer is False (full precision, the safe side)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path(cpuinfo).read_text()
     except OSError:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines()

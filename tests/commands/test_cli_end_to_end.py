@@ -131,16 +131,20 @@ def test_overrides_may_sit_between_options(tmp_path, train_args):
 
 
 def test_a_run_saved_before_the_teacher_keys_resumes_with_that_teacher(tmp_path, train_args):
-    """config.yaml of runs saved before uda.teacher_flips/teacher_context existed lacks them;
-    those runs trained with the official teacher, which a resume must keep (not the rule)."""
+    """config.yaml of runs saved before uda.teacher_flips/teacher_context (and the top-level
+    amp_cpu) existed lacks them; those runs trained with the official teacher in full
+    precision, which a resume must keep (not the rule or the new default)."""
     run = tmp_path / "run"
-    args = train_args(run, extra=["uda.teacher_flips=false", "uda.teacher_context=0"])
+    args = train_args(run, extra=["uda.teacher_flips=false", "uda.teacher_context=0",
+                                  "amp_cpu=false"])
     assert main(args) == 0
     saved = load_yaml(run / "config.yaml")
-    del saved["uda"]["teacher_flips"], saved["uda"]["teacher_context"]
+    del saved["uda"]["teacher_flips"], saved["uda"]["teacher_context"], saved["amp_cpu"]
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     resume = args[:args.index("--method")] + ["--out", str(run), "--resume", "--iters", "4",
                                               "--device", "cpu", "--quiet"]
     assert main(resume) == 0
-    uda = load_yaml(run / "config.yaml")["uda"]
+    resumed = load_yaml(run / "config.yaml")
+    uda = resumed["uda"]
     assert uda["teacher_flips"] is False and uda["teacher_context"] == 0
+    assert resumed["amp_cpu"] is False

@@ -149,6 +149,18 @@ def test_bench_uda_keys_ignore_options_added_later_at_their_old_value(bench_uda)
     assert bench.run_key("vnc-to-lucchi", on) != bench.run_key("vnc-to-lucchi", cfg)
 
 
+def test_bench_uda_keys_of_full_precision_runs_stay_when_amp_cpu_arrives(bench_uda):
+    """A top-level key added later (``amp_cpu``): off is the key the full-precision runs were
+    cached under, on (the default) another."""
+    bench = bench_uda
+    off = build_config({"method": "masktwins", "amp_cpu": False}).to_dict()
+    before = {k: v for k, v in off.items() if k != "amp_cpu"}
+    assert bench.run_key("vnc-to-lucchi", off) == bench.run_key("vnc-to-lucchi", before)
+    on = build_config({"method": "masktwins"}).to_dict()
+    assert on["amp_cpu"] is True
+    assert bench.run_key("vnc-to-lucchi", on) != bench.run_key("vnc-to-lucchi", off)
+
+
 def test_teacher_context_gives_the_teacher_the_wide_crop_and_the_student_its_middle(
         recorder):
     torch.manual_seed(0)
