@@ -202,6 +202,13 @@ class RunConfig:
         return (256, 256) if self.dims == 2 else (16, 128, 128)
 
     @property
+    def cpu_autocast(self) -> bool:
+        """``amp_cpu`` for 2D networks only: oneDNN's bf16 Conv3d backward returns NaN from
+        finite inputs when a feature map is shallower than the kernel (depth 2, 3x3x3: ~3 in 4
+        calls with torch 2.13), which a 3D UNet's deepest level often is."""
+        return self.amp_cpu and self.dims == 2
+
+    @property
     def teacher_flips(self) -> bool:
         """``uda.teacher_flips``, or its rule when unset: on for EM, off for driving scenes."""
         if self.uda.teacher_flips is not None:

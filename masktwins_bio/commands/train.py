@@ -289,7 +289,7 @@ def load_scene_domains(cfg: RunConfig, data_root: str | None, rank: int = 0):
     else:
         from ..train.scene_eval import SceneValidator
 
-        amp = autocast_dtype(select_device(cfg.device), cfg.amp, cfg.amp_cpu and cfg.dims == 2)
+        amp = autocast_dtype(select_device(cfg.device), cfg.amp, cfg.cpu_autocast)
         validator = SceneValidator(val, cfg.model.num_classes, n.val_window, n.val_stride,
                                    n.target_scale, n.ignore_index, n.val_images,
                                    n.miou_classes, amp,

@@ -60,10 +60,7 @@ class Trainer:
         self.device = select_device(cfg.device)
         if ctx.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", ctx.local_rank)
-        # CPU bf16 for 2D networks only: oneDNN's bf16 Conv3d backward returns NaN from finite
-        # inputs when a feature map is shallower than the kernel (depth 2, 3x3x3: ~3 in 4
-        # calls with torch 2.13), which a 3D UNet's deepest level often is.
-        self.amp_dtype = autocast_dtype(self.device, cfg.amp, cfg.amp_cpu and cfg.dims == 2)
+        self.amp_dtype = autocast_dtype(self.device, cfg.amp, cfg.cpu_autocast)
         torch.manual_seed(cfg.seed)  # network initialisation
         in_channels = cfg.model.in_channels or getattr(source, "channels", 1)
         self.student = build_model(cfg.model, cfg.dims, in_channels=in_channels)
