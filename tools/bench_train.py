@@ -183,7 +183,10 @@ def main() -> int:
                                  "context": em_cfg.teacher_context},
                   "dims": args.dims, "batch": args.batch, "crop": crop,
                   "channels": list(trainers["plain"].cfg.model.channels),
-                  "threads": torch.get_num_threads()}
+                  "threads": torch.get_num_threads(),
+                  # autocast dtype of the timed steps (None: full precision); CPU bf16 since
+                  # 2026-11-30, so figures before then are float32 ones
+                  "amp_dtype": str(twins.amp_dtype) if twins.amp_dtype else None}
         # Achieved arithmetic rate of each step: FLOPs counted once by torch's counter
         # (convolutions and matrix products), over the median time measured above.
         for name, seconds in (("plain", plain_s), ("masktwins", twins_s),
@@ -222,8 +225,7 @@ def main() -> int:
             torch.cuda.reset_peak_memory_stats(device)
             twins.step(10**5 + 1)
             torch.cuda.synchronize(device)
-            result.update(gpu=gpu, peak_gpu_mem_gb=torch.cuda.max_memory_allocated(device) / 1e9,
-                          amp_dtype=str(twins.amp_dtype))
+            result.update(gpu=gpu, peak_gpu_mem_gb=torch.cuda.max_memory_allocated(device) / 1e9)
             peak = next((v for k, v in BF16_PEAK.items() if k in gpu), None)
             if peak:
                 result["bf16_peak_tflops"] = peak
@@ -233,7 +235,7 @@ def main() -> int:
                     k: v / peak for k, v in result["network_tflops"].items()}
     print(f"device {result['device']}, {args.dims}D, batch {args.batch}+{args.batch}, crop "
           f"{'x'.join(map(str, crop))}, channels {trainers['plain'].cfg.model.channels}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {result['amp_dtype'] or 'float32'}")
     print(f"plain supervised step  {plain_s * 1e3:8.1f} ms")
     print(f"MaskTwins step         {twins_s * 1e3:8.1f} ms  ({1 / twins_s:.2f} it/s; official "
           "teacher)")

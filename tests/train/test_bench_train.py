@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from masktwins_bio.train.device import cpu_has_bf16
+
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_train.py"
 
 
@@ -25,3 +27,6 @@ def test_bench_train_times_the_official_and_the_em_default_teacher():
     # the official MaskTwins step does ~3.3 plain steps of work (compute floor), the EM teacher more
     assert 2.5 < result["masktwins_gflop_per_step"] / result["plain_gflop_per_step"] < 4.5
     assert result["masktwins_em_teacher_gflop_per_step"] > result["masktwins_gflop_per_step"]
+    # the figures say whether they are bf16 ones (CPU bf16 autocast is the 2D default where the
+    # CPU has the instructions), so full-precision and bf16 timings are not mixed up
+    assert result["amp_dtype"] == ("torch.bfloat16" if cpu_has_bf16() else None)
