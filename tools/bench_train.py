@@ -184,8 +184,8 @@ def main() -> int:
                   "dims": args.dims, "batch": args.batch, "crop": crop,
                   "channels": list(trainers["plain"].cfg.model.channels),
                   "threads": torch.get_num_threads(),
-                  # autocast dtype of the timed steps (None: full precision); CPU bf16 since
-                  # 2026-11-30, so figures before then are float32 ones
+                  # autocast dtype of the timed steps (None: full precision); the CPU trains
+                  # under bf16 since 2026-11-30 17:30, so its earlier figures are float32 ones
                   "amp_dtype": str(twins.amp_dtype) if twins.amp_dtype else None}
         # Achieved arithmetic rate of each step: FLOPs counted once by torch's counter
         # (convolutions and matrix products), over the median time measured above.
