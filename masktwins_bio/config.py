@@ -27,7 +27,8 @@ ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
                ("uda", "teacher_context"): 0, ("uda", "class_portion"): None,
                ("uda", "prior_match"): False, ("uda", "prior_momentum"): 0.99,
                ("uda", "prior"): None, ("uda", "lambda_unmasked"): 0.0,
-               ("mask", "visible_norm"): False, (None, "amp_cpu"): False}
+               ("mask", "visible_norm"): False, (None, "amp_cpu"): False,
+               ("uda", "consistency"): "symmetric"}
 
 
 @dataclass
@@ -137,6 +138,10 @@ class UDAConfig:
     prior: float | None = None
     lambda_cl: float = 1.0                  # weight of the (pseudo-label) consistency-learning term
     lambda_cm: float = 0.01                 # weight of the twins' logit MSE
+    # The twins' logit MSE: "symmetric" (METHOD.md: no stop-gradient) or "visible" (at each
+    # voxel one twin saw, only the other twin's logit moves, towards the seeing twin's;
+    # train/losses.py twin_consistency). rmask and masktwins only.
+    consistency: str = "symmetric"
     # Masked methods only: weight, relative to lambda_cl, of mean-teacher's pseudo-label term on
     # the unmasked target (one more student view per target crop). 0: off, as in METHOD.md.
     lambda_unmasked: float = 0.0

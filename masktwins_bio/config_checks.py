@@ -48,6 +48,8 @@ def validate(cfg: RunConfig) -> None:
     _check(0.0 < cfg.uda.pseudo_threshold < 1.0, "uda.pseudo_threshold must lie in (0, 1).")
     _check(min(cfg.uda.lambda_cl, cfg.uda.lambda_cm, cfg.uda.lambda_unmasked) >= 0,
            "uda.lambda_cl, uda.lambda_cm and uda.lambda_unmasked must not be negative.")
+    _check(cfg.uda.consistency in ("symmetric", "visible"),
+           f"uda.consistency={cfg.uda.consistency!r} is unknown; use symmetric or visible.")
     _check(cfg.uda.warmup_iters >= 0, "uda.warmup_iters must not be negative.")
     _check(cfg.uda.teacher_context is None or cfg.uda.teacher_context >= 0,
            "uda.teacher_context must not be negative.")

@@ -58,6 +58,7 @@ def test_unknown_key_lists_valid_keys():
     ("optim.lr=-1", "optim.lr"),
     ("uda.class_portion=0", r"uda.class_portion=0.0 must lie in \(0, 1\]"),
     ("uda.lambda_unmasked=-1", "uda.lambda_unmasked must not be negative"),
+    ("uda.consistency=hidden", "uda.consistency='hidden' is unknown; use symmetric or visible"),
     ("iters=abc", "not a valid int"),
     ("mask.block=[1,2,3,4]", "has 4 entries"),
     # each of these used to pass and then fail deep inside torch or MONAI with a traceback

@@ -87,7 +87,7 @@ def commit() -> str:
 TEACHER_ONLY = {"teacher_flips", "teacher_context", "classmix", "prior_match", "prior_momentum",
                 "prior"}
 # The uda options only the masked methods read.
-MASKED_ONLY = {"lambda_unmasked"}
+MASKED_ONLY = {"lambda_unmasked", "consistency"}
 
 
 def run_key(direction: str, cfg_dict: dict) -> str:

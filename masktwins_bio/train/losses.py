@@ -8,7 +8,8 @@
   fraction of voxels whose confidence max(p, 1-p) reaches tau.
 - ``class_balanced_keep``: class-balanced self-training's selection (CBST, Zou et al. 2018):
   the most confident share of each class's pseudo-labels, whatever the teacher's calibration.
-- ``twin_consistency``: symmetric MSE between the twins' raw logits, no stop-gradient.
+- ``twin_consistency``: MSE between the twins' raw logits: symmetric with no stop-gradient
+  (METHOD.md), or, given the twins' visibility, pulled from the view that saw each voxel.
 
 Under data parallelism every loss is scaled so that averaging gradients over ranks gives the
 gradient of the global-batch loss (see ``distributed.py``).
@@ -106,6 +107,26 @@ def class_balanced_keep(teacher_logits: torch.Tensor, labels: torch.Tensor, port
     return keep.to(teacher_logits.dtype)
 
 
-def twin_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """MSE between the two twins' logits; gradients flow into both."""
-    return F.mse_loss(logits_a.float(), logits_b.float())
+def twin_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor,
+                     visible_a: torch.Tensor | None = None,
+                     visible_b: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between the two twins' logits.
+
+    Without visibility maps: symmetric, gradients flow into both (METHOD.md). With them
+    (``(B, 1, *spatial)``, 1 where a view shows the voxel): at a voxel only one view showed,
+    that view's logit is the target (detached) and only the other view's, a guess from context,
+    moves; at a voxel both or neither showed, the symmetric term. Why: the symmetric term also
+    pulls the view that sees a voxel towards the one that cannot, which makes predictions
+    shrink towards the unsure guess. Complementary twins show every voxel to exactly one view,
+    so every voxel gets the directed term; two independent masks (``rmask``) give it to half.
+    Both forms average over every voxel (and channel), so ``lambda_cm`` keeps its scale.
+    """
+    a, b = logits_a.float(), logits_b.float()
+    if visible_a is None or visible_b is None:
+        return F.mse_loss(a, b)
+    va, vb = visible_a.float(), visible_b.float()
+    only_a, only_b = va * (1 - vb), vb * (1 - va)
+    shared = 1 - only_a - only_b
+    squared = only_a * (a.detach() - b).square() + only_b * (b.detach() - a).square() \
+        + shared * (a - b).square()
+    return squared.mean()

@@ -11,10 +11,12 @@ masktwins         complementary pair (M, 1-M):              L_cl on both + L_cm 
 ================  ========================================================================
 
 ``rmask`` differs from ``masktwins`` only in how the second mask is drawn, which is what the
-paper's ablation isolates. Pseudo-labels come from the teacher on the *unmasked*, weakly
-augmented target; the student sees the photometrically augmented target (the same for both
-twins), then masked. With ``model.num_classes > 1`` (driving scenes) the teacher's softmax
-argmax is the pseudo-label and the confidence is its maximum class probability.
+paper's ablation isolates. With ``uda.consistency: visible`` the L_cm of both pulls, at each
+voxel one twin saw, the other twin's logit towards the seeing twin's (losses.twin_consistency).
+Pseudo-labels come from the teacher on the *unmasked*, weakly augmented target; the student
+sees the photometrically augmented target (the same for both twins), then masked. With
+``model.num_classes > 1`` (driving scenes) the teacher's softmax argmax is the pseudo-label and
+the confidence is its maximum class probability.
 
 With a teacher context (``uda.teacher_context``; by default 1/8 of the crop side on EM) the
 target crops are wider than the student's by that many voxels on each in-plane side: the
@@ -170,7 +172,8 @@ def uda_step(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module 
             twin_a, twin_b = tgt_strong * m1, tgt_strong * m2
         (logits_a, logits_b), extra_logits = student_views(twin_a, twin_b, visible=(m1, m2))
         l_cl = 0.5 * (pseudo_loss(logits_a) + pseudo_loss(logits_b))
-        l_cm = twin_consistency(logits_a, logits_b)
+        directed = cfg.uda.consistency == "visible"
+        l_cm = twin_consistency(logits_a, logits_b, *((m1, m2) if directed else ()))
         total = sup + lam * l_cl + cfg.uda.lambda_cm * l_cm
         out.terms["loss/cl"] = float(l_cl.detach())
         out.terms["loss/cm"] = float(l_cm.detach())

@@ -59,6 +59,30 @@ def test_twin_consistency_is_symmetric_mse_with_gradients_into_both():
     torch.testing.assert_close(a.grad, -b.grad)
 
 
+def test_directed_twin_consistency_moves_only_the_view_that_did_not_see_the_voxel():
+    torch.manual_seed(0)
+    a = torch.randn(2, 1, 4, 4, requires_grad=True)
+    b = torch.randn(2, 1, 4, 4, requires_grad=True)
+    seen = (torch.rand(2, 1, 4, 4) > 0.5).float()
+    # complementary twins: every voxel seen by exactly one view
+    loss = twin_consistency(a, b, seen, 1 - seen)
+    # same value as the symmetric MSE (each voxel's squared gap, averaged over all voxels) ...
+    assert math.isclose(loss.item(), twin_consistency(a, b).item(), rel_tol=1e-6)
+    loss.backward()
+    # ... but a voxel's gradient reaches only the view that hid it, pulling it towards the other
+    assert a.grad[seen.bool()].abs().sum() == 0 and b.grad[~seen.bool()].abs().sum() == 0
+    hidden_a = ~seen.bool()
+    torch.testing.assert_close(a.grad[hidden_a], 2 * (a - b).detach()[hidden_a] / a.numel())
+    # voxels both views (or neither) saw keep the symmetric term, gradients into both
+    a.grad = b.grad = None
+    both = torch.ones_like(seen)
+    twin_consistency(a, b, both, seen).backward()
+    shared = seen.bool()
+    torch.testing.assert_close(a.grad[shared], -b.grad[shared])
+    assert a.grad[shared].abs().sum() > 0
+    assert a.grad[~shared].abs().sum() == 0 and b.grad[~shared].abs().sum() > 0  # a only saw
+
+
 def test_class_balanced_keep_takes_each_class_top_share_whatever_the_calibration():
     # An unsure teacher: foreground 0.55..0.95, background 0.15..0.45 (never <= 0.1, so a single
     # tau of 0.9 would keep foreground only).

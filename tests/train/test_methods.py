@@ -161,6 +161,39 @@ def test_bench_uda_keys_of_full_precision_runs_stay_when_amp_cpu_arrives(bench_u
     assert bench.run_key("vnc-to-lucchi", on) != bench.run_key("vnc-to-lucchi", off)
 
 
+def test_directed_consistency_changes_only_the_twin_methods_gradient(bench_uda):
+    """``uda.consistency=visible`` changes rmask's and masktwins' L_cm gradient, not its value
+    for complementary twins; mic, mean-teacher and source-only keep their cached runs."""
+    torch.manual_seed(0)
+    src_x, src_y = torch.randn(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    tgt = torch.randn(2, 1, 16, 16)
+    base = {"teacher_flips": False, "teacher_context": 0, "lambda_cm": 1.0}
+    for method in ("masktwins", "rmask"):
+        grads, terms = {}, {}
+        for mode in ("symmetric", "visible"):
+            torch.manual_seed(1)
+            student = torch.nn.Conv2d(1, 1, 3, padding=1)
+            teacher = torch.nn.Conv2d(1, 1, 3, padding=1)
+            cfg = build_config({"method": method, "uda": {**base, "consistency": mode},
+                                "mask": {"block": [1, 4, 4]}})
+            out = uda_step(cfg, student, teacher, SegmentationLoss(), src_x, src_y, tgt, tgt,
+                           torch.Generator().manual_seed(0), adapt=True)
+            out.loss.backward()
+            grads[mode], terms[mode] = student.weight.grad.clone(), out.terms["loss/cm"]
+        assert not torch.allclose(grads["symmetric"], grads["visible"]), method
+        if method == "masktwins":
+            assert terms["visible"] == pytest.approx(terms["symmetric"], rel=1e-6)
+    bench = bench_uda
+    for m, same in (("source-only", True), ("mean-teacher", True), ("masktwins", False)):
+        keys = {bench.run_key("vnc-to-lucchi", build_config(
+            {"method": m, "uda": {"consistency": c}}).to_dict()) for c in ("symmetric", "visible")}
+        assert (len(keys) == 1) == same, m
+    # at its old value the option is left out of the key: the cached runs keep theirs
+    cfg = build_config({"method": "masktwins"}).to_dict()
+    before = {**cfg, "uda": {k: v for k, v in cfg["uda"].items() if k != "consistency"}}
+    assert bench.run_key("vnc-to-lucchi", cfg) == bench.run_key("vnc-to-lucchi", before)
+
+
 def test_teacher_context_gives_the_teacher_the_wide_crop_and_the_student_its_middle(
         recorder):
     torch.manual_seed(0)
