@@ -49,6 +49,10 @@ def test_runs_are_cached_and_the_table_is_assembled_from_them(real_root, tmp_pat
     row = table["methods"]["masktwins"]
     assert row["seeds"] == [0] and 0.0 <= row["iou_mean"] <= 1.0
     assert row["iou_std"] is None  # one seed has no spread
+    assert row["iou_per_seed"] == [row["iou_mean"]]
+    p = table["paired"]["source-only"]  # MaskTwins against each method on matched seeds
+    assert p["seeds"] == [0] and p["iou_diff_mean"] == pytest.approx(
+        row["iou_mean"] - table["methods"]["source-only"]["iou_mean"])
     runs = sorted((cache / "vnc-to-lucchi").glob("*_seed0_*.json"))
     assert [r.name.split("_")[0] for r in runs] == ["masktwins", "source-only"]
     record = json.loads(runs[0].read_text())
@@ -70,3 +74,16 @@ def test_runs_are_cached_and_the_table_is_assembled_from_them(real_root, tmp_pat
     _, other = _bench(real_root, cache, "--assemble", *args, "uda.ema=0.9")
     assert other["methods"] == {}
     assert len(list((cache / "vnc-to-lucchi").glob("table_*.json"))) == 2
+
+
+def test_paired_compares_masktwins_on_the_seeds_both_rows_hold(bench_uda):
+    table = {"masktwins": {"seeds": [0, 1, 2], "iou_per_seed": [0.60, 0.50, 0.70]},
+             "rmask": {"seeds": [1, 2, 3], "iou_per_seed": [0.52, 0.65, 0.10]},
+             "mic": {"seeds": [4], "iou_per_seed": [0.2]}}
+    pairs = bench_uda.paired(table)
+    assert set(pairs) == {"rmask"}  # mic shares no seed with masktwins
+    p = pairs["rmask"]
+    assert p["seeds"] == [1, 2] and p["ahead"] == 1
+    assert p["iou_diffs"] == pytest.approx([-0.02, 0.05])
+    assert p["iou_diff_mean"] == pytest.approx(0.015)
+    assert bench_uda.paired({"rmask": table["rmask"]}) == {}
