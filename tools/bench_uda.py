@@ -232,9 +232,9 @@ def paired(table: dict, reference: str = "masktwins") -> dict:
     for method, row in table.items():
         if method == reference:
             continue
-        seeds = [s for s in row["seeds"] if s in ref]
-        diffs = [ref[s] - v for s, v in zip(row["seeds"], row["iou_per_seed"]) if s in ref]
-        if diffs:
+        matched = [(s, ref[s] - v) for s, v in zip(row["seeds"], row["iou_per_seed"]) if s in ref]
+        if matched:
+            seeds, diffs = map(list, zip(*matched))
             out[method] = {"seeds": seeds, "iou_diffs": diffs,
                            "iou_diff_mean": statistics.fmean(diffs),
                            "ahead": sum(d > 0 for d in diffs)}
