@@ -44,6 +44,43 @@ class _Visibility:
         return self._pooled[key]
 
 
+class _WeightedInstanceNorm(torch.autograd.Function):
+    """``(x - mean) / sqrt(var + eps)`` with per-(sample, channel) statistics weighted by
+    ``w``, computed in float32 at least (bf16 sums over a 256² map lose digits).
+
+    Written out by hand, not left to autograd, for speed: autograd keeps a float32 copy of
+    every intermediate (the centred map, its square, the weighted products) and runs an op per
+    intermediate backwards; the written-out gradient needs only the normalised output and two
+    sums per channel. With ``W = sum(w)`` and ``y = (x - mean) * r``, ``r = 1/sqrt(var+eps)``:
+    ``dx = r * (g - w/W * (sum(g) + y * sum(g*y)))``, sums over the whole map (the mean's
+    term in the variance's gradient drops out because ``sum(w*(x-mean)) = 0``)."""
+
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        axes = tuple(range(2, x.ndim))
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        w = w.to(xf.dtype)
+        total = w.sum(dim=axes, keepdim=True).clamp_min(1e-6)  # an all-hidden view: no NaN
+        share = w / total
+        mean = (xf * share).sum(dim=axes, keepdim=True)
+        centred = xf - mean
+        r = torch.rsqrt((centred.square() * share).sum(dim=axes, keepdim=True) + eps)
+        y = centred.mul_(r)
+        ctx.save_for_backward(y, share, r)
+        ctx.out_dtype = x.dtype
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, share, r = ctx.saved_tensors
+        axes = tuple(range(2, y.ndim))
+        g = grad.to(y.dtype)
+        s1 = g.sum(dim=axes, keepdim=True)
+        s2 = (g * y).sum(dim=axes, keepdim=True)
+        dx = (g - share * (s1 + y * s2)).mul_(r)
+        return dx.to(ctx.out_dtype), None, None
+
+
 class VisibleInstanceNorm(nn.Module):
     """``nn.InstanceNormNd(affine=False)`` whose statistics are weighted by the visibility
     set for the current forward: ``(B, 1, *spatial)`` at input resolution, average-pooled to
@@ -56,14 +93,7 @@ class VisibleInstanceNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.visibility.weights is None:
             return F.instance_norm(x, eps=self.eps)
-        axes = tuple(range(2, x.ndim))
-        # statistics in float32 whatever autocast gives (bf16 sums over a 256² map lose digits)
-        xf = x.float()
-        w = self.visibility.at(x.shape[2:])
-        total = w.sum(dim=axes, keepdim=True).clamp_min(1e-6)  # an all-hidden view: no NaN
-        mean = (xf * w).sum(dim=axes, keepdim=True) / total
-        var = ((xf - mean).square() * w).sum(dim=axes, keepdim=True) / total
-        return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+        return _WeightedInstanceNorm.apply(x, self.visibility.at(x.shape[2:]), self.eps)
 
 
 def use_visible_norm(model: nn.Module) -> int:
