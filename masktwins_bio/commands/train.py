@@ -323,7 +323,7 @@ def _given(full: str, layers: list[dict]) -> bool:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..train.distributed import barrier, from_environment
+    from ..train.distributed import barrier, from_environment, leave
 
     if args.gpus < 0:
         raise ConfigError(f"--gpus {args.gpus} must be 0 or more (0 and 1: one process).")
@@ -339,11 +339,13 @@ def run(args: argparse.Namespace) -> int:
         prepare_run_dir(out, args.resume, args.overwrite, clear=False)
     barrier(ctx)
     try:
-        return _train(args, cfg, ctx, out)
+        code = _train(args, cfg, ctx, out)
     except BaseException:
         if ctx.is_main and not args.resume:
             _discard_unstarted_run(out, new_dir)
         raise
+    leave(ctx)   # not on failure: the launcher stops the ranks still waiting
+    return code
 
 
 def _discard_unstarted_run(out: Path, new_dir: bool) -> None:

@@ -17,6 +17,7 @@ which DDP's reducer does not support without ``static_graph`` restrictions.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,6 +25,8 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+
+_LEFT_KEY = "masktwins/ranks_left"   # rendezvous-store counter of leave()
 
 
 @dataclass(frozen=True)
@@ -125,3 +128,26 @@ def average_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+def leave(ctx: DistContext, timeout: float = 60.0) -> None:
+    """End a successful run: close the process group on every rank, rank 0 last.
+
+    Left open, the backend's threads are still alive while the interpreter tears down, and a
+    rank can abort there ("terminate called without an active exception") after its results
+    are written, which fails the whole run. Rank 0 hosts the rendezvous store, so it closes
+    last: a rank whose store vanished under it can abort the same way. The other ranks count
+    themselves out in that store once closed; rank 0 waits for the count (at most ``timeout``
+    seconds: a rank that died is the launcher's business, not a reason to hang)."""
+    if not (ctx.enabled and dist.is_initialized()):
+        return
+    store = dist.distributed_c10d._get_default_store()
+    dist.barrier()
+    if ctx.is_main:
+        deadline = time.monotonic() + timeout
+        while store.add(_LEFT_KEY, 0) < ctx.world_size - 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        dist.destroy_process_group()
+    else:
+        dist.destroy_process_group()
+        store.add(_LEFT_KEY, 1)

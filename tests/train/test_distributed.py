@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from masktwins_bio.config import build_config
 from masktwins_bio.data.synthetic import demo_pair
-from masktwins_bio.train.distributed import SINGLE, from_environment
+from masktwins_bio.train.distributed import SINGLE, from_environment, leave
 from masktwins_bio.train.domains import Domain, draw_batch, iteration_rng
 from masktwins_bio.train.trainer import Trainer
 
@@ -42,22 +42,13 @@ def _grads(trainer):
     return {n: p.grad.clone() for n, p in trainer.student.named_parameters()}
 
 
-def _leave(rank, out_dir):
-    """End a rank's process group. Rank 0 hosts the TCP store: it leaves last, or rank 1 may
-    abort on a vanished store. Then leave the process at once: its results are on disk, and
-    a rank once aborted in the C++ destructors at interpreter exit ("terminate called without
-    an active exception", one fresh-clone CI run of 2026-12-01; 30 reruns passed), which fails
-    the test though every result it checks was written."""
-    torch.distributed.barrier()
-    done = os.path.join(out_dir, "rank1.done")
-    if rank == 1:
-        torch.distributed.destroy_process_group()
-        open(done, "w").close()
-    else:
-        deadline = time.time() + 60
-        while not os.path.exists(done) and time.time() < deadline:
-            time.sleep(0.05)
-        torch.distributed.destroy_process_group()
+def _leave(ctx):
+    """End a rank: the package's ordered leave, then out of the process at once. Its results
+    are on disk; a rank once aborted in the C++ destructors at interpreter exit ("terminate
+    called without an active exception", one fresh-clone CI run of 2026-12-01, before
+    ``leave`` existed), which fails the test though every result it checks was written.
+    ``test_leave_closes_every_rank_and_exits_cleanly`` exits normally."""
+    leave(ctx)
     os._exit(0)
 
 
@@ -73,7 +64,7 @@ def _rank_main(rank, port, settings, method, out_dir):
     torch.save(float(out.loss), os.path.join(out_dir, f"loss{rank}.pt"))
     if rank == 0:
         torch.save(_grads(trainer), os.path.join(out_dir, "grads.pt"))
-    _leave(rank, out_dir)
+    _leave(ctx)
 
 
 def _rank_states(rank, port, settings, out_dir):
@@ -91,7 +82,7 @@ def _rank_states(rank, port, settings, out_dir):
         trainer.step(it, batches=(src_x[share], src_y[share], tgt[share]))
     torch.save({"student": trainer.student.state_dict(), "teacher": trainer.teacher.state_dict()},
                os.path.join(out_dir, f"states{rank}.pt"))
-    _leave(rank, out_dir)
+    _leave(ctx)
 
 
 def test_batch_norm_statistics_stay_identical_across_ranks(tmp_path, tiny_settings):
@@ -105,6 +96,28 @@ def test_batch_norm_statistics_stay_identical_across_ranks(tmp_path, tiny_settin
     for net in ("student", "teacher"):
         for key, value in a[net].items():
             assert torch.equal(value, b[net][key]), f"{net}.{key} differs between ranks"
+
+
+def _rank_leaves(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    ctx = from_environment("cpu")
+    if rank == 1:
+        time.sleep(0.5)     # rank 0 reaches leave first: it must wait for rank 1
+    torch.distributed.all_reduce(torch.ones(1))
+    leave(ctx)
+    assert not torch.distributed.is_initialized()
+    open(os.path.join(out_dir, f"left{rank}"), "w").close()
+
+
+def test_leave_closes_every_rank_and_exits_cleanly(tmp_path):
+    """Both ranks close their process group (rank 0, the store's host, last) and then exit
+    through the normal interpreter teardown with status 0 (mp.spawn raises otherwise)."""
+    for _ in range(3):
+        mp.spawn(_rank_leaves, args=(_free_port(), str(tmp_path)), nprocs=2)
+        assert sorted(p.name for p in tmp_path.glob("left*")) == ["left0", "left1"]
+        for p in tmp_path.glob("left*"):
+            p.unlink()
 
 
 def _free_port():
@@ -128,7 +141,8 @@ def test_two_ranks_equal_one_process_with_double_batch(tmp_path, tiny_settings, 
                                    msg=lambda m: f"{name}: {m}")
     # the logged loss: global terms as one process has them, per-rank means averaging to it
     losses = [torch.load(tmp_path / f"loss{r}.pt", weights_only=True) for r in (0, 1)]
-    assert abs(sum(losses) / 2 - float(single_out.loss)) < 1e-4 * abs(float(single_out.loss))
+    total = float(single_out.loss.detach())
+    assert abs(sum(losses) / 2 - total) < 1e-4 * abs(total)
 
 
 def test_cli_gpus_flag_runs_two_gloo_ranks_and_resumes(tmp_path, train_args):
