@@ -87,3 +87,27 @@ def test_paired_compares_masktwins_on_the_seeds_both_rows_hold(bench_uda):
     assert p["iou_diffs"] == pytest.approx([-0.02, 0.05])
     assert p["iou_diff_mean"] == pytest.approx(0.015)
     assert bench_uda.paired({"rmask": table["rmask"]}) == {}
+
+
+def test_target_zoom_resamples_the_target_and_keeps_its_own_cache(real_root, tmp_path, bench_uda):
+    """--target-zoom 0.5: the target as a coarser microscope would image it, trained and
+    scored at that scale, cached apart from the unzoomed direction's runs."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (2, 64, 80)).astype(np.uint8)
+    labels = np.zeros((2, 64, 80), np.uint8)
+    labels[:, 16:48, 20:60] = 1
+    small, small_labels = bench_uda.zoom_in_plane(image, labels, 0.5)
+    assert small.shape == small_labels.shape == (2, 32, 40)
+    assert set(np.unique(small_labels)) == {0, 1}
+    assert small_labels.mean() == pytest.approx(labels.mean(), rel=0.1)
+    assert abs(float(small.mean()) - float(image.mean())) < 2  # intensities kept
+
+    cache = tmp_path / "uda"
+    log, table = _bench(real_root, cache, "--methods", "source-only", "--seeds", "0",
+                        "--target-zoom", "0.5", *TINY)
+    assert log.count("training ") == 1 and table["direction"] == "vnc-to-lucchi-zoom0.5"
+    (run,) = (cache / "vnc-to-lucchi-zoom0.5").glob("source-only_seed0_*.json")
+    assert json.loads(run.read_text())["target_zoom"] == 0.5
+    assert not (cache / "vnc-to-lucchi").exists()

@@ -40,3 +40,30 @@ def test_cuda_prediction_matches_cpu(domains, tiny_settings):
     cpu = predict_array(model, image, 2, (32, 32), device="cpu")
     gpu = predict_array(model.cuda(), image, 2, (32, 32), device="cuda")
     np.testing.assert_allclose(cpu, gpu, atol=1e-3)
+
+
+def test_visible_norm_gradient_on_cuda_matches_cpu():
+    """The hand-written weighted instance norm (train/visible_norm.py) under CUDA bf16
+    autocast gives the CPU's float32 output and gradient to bf16 precision."""
+    from masktwins_bio.masking import block_mask
+    from masktwins_bio.train.visible_norm import use_visible_norm, visible_statistics
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 64, 64) * 2 + 3
+    g = torch.randn_like(x)
+    m = block_mask(2, (64, 64), (8, 8), 0.5, torch.Generator().manual_seed(0))
+    results = []
+    for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
+        net = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1, bias=False), torch.nn.InstanceNorm2d(8))
+        torch.nn.init.eye_(net[0].weight.view(8, 8))
+        use_visible_norm(net)
+        net = net.to(device)
+        xd = x.to(device).requires_grad_()
+        with visible_statistics(net, m.to(device)), \
+                torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+            y = net(xd)
+        y.float().backward(g.to(device))
+        results.append((y.float().cpu(), xd.grad.cpu()))
+    (y_cpu, dx_cpu), (y_gpu, dx_gpu) = results
+    assert (y_gpu - y_cpu).abs().max() < 0.05
+    assert (dx_gpu - dx_cpu).norm() / dx_cpu.norm() < 0.02
