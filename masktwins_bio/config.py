@@ -28,7 +28,8 @@ ADDED_LATER = {("uda", "teacher_flips"): False, ("uda", "classmix"): False,
                ("uda", "prior_match"): False, ("uda", "prior_momentum"): 0.99,
                ("uda", "prior"): None, ("uda", "lambda_unmasked"): 0.0,
                ("mask", "visible_norm"): False, (None, "amp_cpu"): False,
-               ("uda", "consistency"): "symmetric"}
+               ("uda", "consistency"): "symmetric", ("data", "match_pixel_size"): None,
+               ("data", "source_pixel_nm"): None, ("data", "target_pixel_nm"): None}
 
 
 @dataclass
@@ -67,6 +68,13 @@ class DataConfig:
     stream: str = "auto"
     workers: int = -1                       # loader threads/processes when streaming (-1: default)
     kind: str = "em"                        # "em" volumes or "natural" RGB scenes (GTA5...)
+    # Resample the source in-plane to the target's pixel size (data/resample.py): None applies
+    # the rule (when both sizes are known and differ by more than 20%), true whenever both are
+    # known, false never. The sizes come from the dataset registry or the file's metadata; these
+    # two keys give them (in-plane, nm) where neither says.
+    match_pixel_size: bool | None = None
+    source_pixel_nm: float | None = None
+    target_pixel_nm: float | None = None
 
 
 @dataclass

@@ -43,6 +43,14 @@ def validate(cfg: RunConfig) -> None:
     _check(0.0 <= cfg.data.foreground_prob <= 1.0, "data.foreground_prob must lie in [0, 1].")
     _check(cfg.data.stream in ("auto", "always", "never"),
            f"data.stream={cfg.data.stream!r} is unknown; use auto, always or never.")
+    for key in ("source_pixel_nm", "target_pixel_nm"):
+        value = getattr(cfg.data, key)
+        _check(value is None or (isinstance(value, (int, float)) and value > 0),
+               f"data.{key}={value} must be a pixel size in nm above 0, or null (from the "
+               "registry or the file).")
+    _check(cfg.data.match_pixel_size in (None, True, False),
+           f"data.match_pixel_size={cfg.data.match_pixel_size!r} must be true, false or null "
+           "(the rule).")
     _check(0.0 <= cfg.uda.ema < 1.0, f"uda.ema={cfg.uda.ema} must lie in [0, 1).")
     _check(0.5 <= cfg.uda.tau <= 1.0, f"uda.tau={cfg.uda.tau} must lie in [0.5, 1].")
     _check(0.0 < cfg.uda.pseudo_threshold < 1.0, "uda.pseudo_threshold must lie in (0, 1).")

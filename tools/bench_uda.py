@@ -137,12 +137,21 @@ def resolve(preset: str, method: str, seed: int, iters: int | None, overrides: l
 
 def domains(cfg, data: dict):
     """(labelled source, unlabelled target) of ``load_data``'s arrays, each normalised by its
-    own statistics at the config's clip percentiles."""
+    own statistics at the config's clip percentiles; the source resampled to the target's
+    pixel size where the rule says (``data.match_pixel_size``)."""
     from masktwins_bio.train.domains import Domain
 
+    from masktwins_bio.data.resample import source_zoom, zoom_in_plane
+
     d = cfg.data
-    source = Domain.from_arrays("source", data["source_image"], data["source_labels"],
-                                d.low_pct, d.high_pct)
+    image, labels = data["source_image"], data["source_labels"]
+    zoom = source_zoom(d.source_pixel_nm or data["source_nm"],
+                       d.target_pixel_nm or data["target_nm"], d.match_pixel_size)
+    if zoom != 1.0:  # as `train` does (data.match_pixel_size)
+        image, labels = zoom_in_plane(image, labels, zoom)
+        print(f"  source resampled in-plane by {zoom:.3g} to the target's pixel size: "
+              f"{list(image.shape)}", flush=True)
+    source = Domain.from_arrays("source", image, labels, d.low_pct, d.high_pct)
     target = Domain.from_arrays("target", data["target_image"], None, d.low_pct, d.high_pct)
     return source, target
 
@@ -183,6 +192,8 @@ def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
 
 
 def load_data(direction: str, target_zoom: float = 1.0) -> dict:
+    from masktwins_bio.data.registry import get_entry
+    from masktwins_bio.data.resample import in_plane_nm, zoom_in_plane
     from masktwins_bio.data.volumes import load_image, load_labels
 
     paths = direction_paths(direction, real_root())
@@ -190,28 +201,20 @@ def load_data(direction: str, target_zoom: float = 1.0) -> dict:
         if not paths[role]["image"].exists():
             sys.exit(f"bench_uda: real data not found at {paths[role]['image']}; set "
                      "MASKTWINS_REAL_DATA to the folder holding vnc/ and lucchi/.")
-    target_image = load_image(paths["target"]["image"])
-    target_labels = load_labels(paths["target"]["labels"])
-    if target_zoom != 1.0:
-        target_image, target_labels = zoom_in_plane(target_image, target_labels, target_zoom)
-    return {"source_image": load_image(paths["source"]["image"]),
+    source_name, target_name = direction.split("-to-")
+    data = {"source_image": load_image(paths["source"]["image"]),
             "source_labels": load_labels(paths["source"]["labels"]),
-            "target_image": target_image, "target_labels": target_labels}
-
-
-def zoom_in_plane(image, labels, zoom: float):
-    """The target as a microscope with ``1/zoom`` times the pixel size would image it (0.5:
-    pixels twice as large): each section resampled in-plane with anti-aliasing (linear
-    interpolation of the low-passed image), the labels alike and then thresholded at one half.
-    A stand-in for a target whose mitochondria appear at another scale than the source's."""
-    import numpy as np
-    from skimage.transform import rescale
-
-    def resample(volume):
-        return rescale(volume.astype(np.float32), (1, zoom, zoom), order=1,
-                       anti_aliasing=zoom < 1, preserve_range=True)
-
-    return resample(image), (resample(labels > 0) > 0.5).astype(np.uint8)
+            "target_image": load_image(paths["target"]["image"]),
+            "target_labels": load_labels(paths["target"]["labels"]),
+            # in-plane pixel sizes (nm), from the registry as `train --source NAME` has them
+            "source_nm": in_plane_nm(get_entry(source_name).voxel_size),
+            "target_nm": in_plane_nm(get_entry(target_name).voxel_size) / target_zoom}
+    if target_zoom != 1.0:
+        # the target as a microscope with 1/zoom times the pixel size would image it; scored
+        # on its labels resampled alike
+        data["target_image"], data["target_labels"] = zoom_in_plane(
+            data["target_image"], data["target_labels"], target_zoom)
+    return data
 
 
 def assemble(direction: str, methods: list[str], seeds: list[int], keys: dict,

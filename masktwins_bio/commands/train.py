@@ -80,8 +80,9 @@ def _load_paths(image_spec, label_spec, cfg: RunConfig):
 
 
 def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
-            keep_labels: bool):
-    """One domain, in memory or streamed from disk (data.stream), plus its labels if kept."""
+            keep_labels: bool, zoom: float = 1.0):
+    """One domain, in memory or streamed from disk (data.stream), plus its labels if kept;
+    resampled in-plane by ``zoom`` (the source, to the target's pixel size)."""
     from ..train.domains import STREAM_SOURCE, STREAM_TARGET, Domain
 
     d = cfg.data
@@ -103,6 +104,15 @@ def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
             if label_spec and tuple(open_volume(label_spec).shape) != tuple(vol.shape):
                 raise InputError(f"The {role} image has shape {tuple(vol.shape)} but its labels "
                                  f"have a different shape; give labels of the same volume.")
+            if zoom != 1.0:
+                if d.match_pixel_size:
+                    raise ConfigError(f"The {role} is streamed from disk (over 1 GiB, or "
+                                      "data.stream=always), so it cannot be resampled to the "
+                                      "target's pixel size; resample it beforehand, or set "
+                                      "data.match_pixel_size=false.")
+                if rank == 0:
+                    print(f"note: the {role} is streamed from disk, so it keeps its pixel size "
+                          f"({zoom:.2f} times the target's); resample it beforehand to match.")
             stream = STREAM_SOURCE if role == "source" else STREAM_TARGET
             seed = (cfg.seed * 1_000_003 + stream * 1009 + rank) % 2**62
             batch = d.batch_source if role == "source" else d.batch_target
@@ -113,6 +123,13 @@ def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
                                   None if d.workers < 0 else d.workers,
                                   (d.low_pct, d.high_pct)), None
         image, labels = _load_paths(image_spec, label_spec, cfg)
+        if zoom != 1.0:
+            from ..data.resample import zoom_in_plane
+
+            image, labels = zoom_in_plane(image, labels, zoom)
+            if rank == 0:
+                print(f"{role} resampled in-plane by {zoom:.3g} to the target's pixel size "
+                      f"(data.match_pixel_size): {list(image.shape)}")
     if role == "source" and labels is None:
         raise InputError(f"The source '{name or image_spec}' has no labels; a source must be "
                          "labelled.")
@@ -125,9 +142,32 @@ def _domain(role: str, name, image_spec, label_spec, cfg: RunConfig, rank: int,
         dom.check_crop(cfg.target_crop, cfg.dims, "set a smaller data.crop or "
                        f"uda.teacher_context (the target crop is data.crop plus "
                        f"{cfg.teacher_context} voxels on each side)")
+    elif zoom != 1.0:
+        dom.check_crop(cfg.crop, cfg.dims, "set a smaller data.crop, or "
+                       "data.match_pixel_size=false to keep the source's pixel size")
     else:
         dom.check_crop(cfg.crop, cfg.dims)
     return dom, labels
+
+
+def _pixel_nm(given, name, spec, data_root) -> float | None:
+    """A volume's in-plane pixel size (nm): the config's, else the registry's, else what its
+    file says (None when nothing does)."""
+    from ..data.resample import in_plane_nm
+
+    if given:
+        return float(given)
+    if name in SYNTHETIC:
+        return None
+    if name:
+        from ..data.registry import resolve
+
+        found = in_plane_nm(resolve(name, root=data_root).voxel_size)
+        if found:
+            return found
+    from ..data.volumes import open_volume
+
+    return in_plane_nm(open_volume(spec).pixel_size)
 
 
 def _check_data_options(d) -> None:
@@ -159,8 +199,19 @@ def load_domains(cfg: RunConfig, data_root: str | None = None, rank: int = 0):
     s_img, s_lab = _specs(d.source, d.source_image, d.source_label, data_root)
     if d.source not in SYNTHETIC and not s_lab:
         raise InputError(f"The source '{d.source}' has no labels; a source must be labelled.")
-    source, _ = _domain("source", d.source, s_img, s_lab, cfg, rank, keep_labels=True)
-    if not (d.target or d.target_image):
+    has_target = bool(d.target or d.target_image)
+    # the target's image only: its labels are never trained on
+    t_img = _specs(d.target, d.target_image, None, data_root)[0] if has_target else None
+    zoom = 1.0
+    if has_target and d.kind == "em" and d.match_pixel_size is not False:
+        from ..data.resample import source_zoom
+
+        zoom = source_zoom(_pixel_nm(d.source_pixel_nm, d.source, s_img, data_root),
+                           _pixel_nm(d.target_pixel_nm, d.target, t_img, data_root),
+                           d.match_pixel_size)
+    source, _ = _domain("source", d.source, s_img, s_lab, cfg, rank, keep_labels=True,
+                        zoom=zoom)
+    if not has_target:
         if cfg.method != "source-only":
             raise ConfigError(f"--method {cfg.method} adapts to a target; give --target NAME "
                               "or --target-image PATH (or use --method source-only).")
@@ -168,7 +219,6 @@ def load_domains(cfg: RunConfig, data_root: str | None = None, rank: int = 0):
             raise ConfigError("--target-label scores a target, but no target was given; add "
                               "--target-image (or --target NAME), or drop --target-label.")
         return source, None, None
-    t_img, _ = _specs(d.target, d.target_image, None, data_root)  # never the target's labels
     target, t_lab = _domain("target", d.target, t_img, None, cfg, rank, keep_labels=False)
     if d.target_label and getattr(target, "image", None) is None:
         raise InputError("--target-label cannot score a target that is streamed from disk (over "

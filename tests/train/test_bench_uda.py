@@ -89,25 +89,21 @@ def test_paired_compares_masktwins_on_the_seeds_both_rows_hold(bench_uda):
     assert bench_uda.paired({"rmask": table["rmask"]}) == {}
 
 
-def test_target_zoom_resamples_the_target_and_keeps_its_own_cache(real_root, tmp_path, bench_uda):
-    """--target-zoom 0.5: the target as a coarser microscope would image it, trained and
-    scored at that scale, cached apart from the unzoomed direction's runs."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (2, 64, 80)).astype(np.uint8)
-    labels = np.zeros((2, 64, 80), np.uint8)
-    labels[:, 16:48, 20:60] = 1
-    small, small_labels = bench_uda.zoom_in_plane(image, labels, 0.5)
-    assert small.shape == small_labels.shape == (2, 32, 40)
-    assert set(np.unique(small_labels)) == {0, 1}
-    assert small_labels.mean() == pytest.approx(labels.mean(), rel=0.1)
-    assert abs(float(small.mean()) - float(image.mean())) < 2  # intensities kept
-
+def test_target_zoom_resamples_the_target_and_keeps_its_own_cache(real_root, tmp_path):
+    """--target-zoom 0.8: the target as a coarser microscope would image it (pixels of
+    5 / 0.8 = 6.25 nm), cached apart from the unzoomed direction's runs; the source (VNC,
+    4.6 nm) is resampled to the target's pixel size by the rule, unless switched off."""
     cache = tmp_path / "uda"
     log, table = _bench(real_root, cache, "--methods", "source-only", "--seeds", "0",
-                        "--target-zoom", "0.5", *TINY)
-    assert log.count("training ") == 1 and table["direction"] == "vnc-to-lucchi-zoom0.5"
-    (run,) = (cache / "vnc-to-lucchi-zoom0.5").glob("source-only_seed0_*.json")
-    assert json.loads(run.read_text())["target_zoom"] == 0.5
+                        "--target-zoom", "0.8", *TINY)
+    assert log.count("training ") == 1 and table["direction"] == "vnc-to-lucchi-zoom0.8"
+    assert "source resampled in-plane by 0.736 to the target's pixel size: [3, 47, 47]" in log
+    (run,) = (cache / "vnc-to-lucchi-zoom0.8").glob("source-only_seed0_*.json")
+    assert json.loads(run.read_text())["target_zoom"] == 0.8
     assert not (cache / "vnc-to-lucchi").exists()
+    log, _ = _bench(real_root, cache, "--methods", "source-only", "--seeds", "0",
+                    "--target-zoom", "0.8", *TINY, "data.match_pixel_size=false")
+    assert log.count("training ") == 1 and "resampled" not in log   # another key
+    # unzoomed, VNC (4.6 nm) and Lucchi (5 nm) are within the tolerance: no resampling
+    log, _ = _bench(real_root, cache, "--methods", "source-only", "--seeds", "0", *TINY)
+    assert "resampled" not in log
