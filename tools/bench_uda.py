@@ -173,6 +173,10 @@ def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
         model = trainer.eval_model
         prob = predict_array(model, target.image, cfg.dims, cfg.crop, overlap=0.25,
                              batch_size=4, device=trainer.device)
+        if "target_shape" in data:  # --work-zoom: back to the target's own grid
+            from skimage.transform import resize
+            prob = resize(prob, data["target_shape"], order=1, preserve_range=True,
+                          anti_aliasing=False).astype(prob.dtype)
         keep = METRICS + ("volume_iou", "volume_dice")
         metrics = evaluate_volumes(prob, data["target_labels"])
         result = {"metrics": {k: metrics[k] for k in keep},
@@ -191,7 +195,7 @@ def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
     return result
 
 
-def load_data(direction: str, target_zoom: float = 1.0) -> dict:
+def load_data(direction: str, target_zoom: float = 1.0, work_zoom: float = 1.0) -> dict:
     from masktwins_bio.data.registry import get_entry
     from masktwins_bio.data.resample import in_plane_nm, zoom_in_plane
     from masktwins_bio.data.volumes import load_image, load_labels
@@ -214,6 +218,12 @@ def load_data(direction: str, target_zoom: float = 1.0) -> dict:
         # on its labels resampled alike
         data["target_image"], data["target_labels"] = zoom_in_plane(
             data["target_image"], data["target_labels"], target_zoom)
+    if work_zoom != 1.0:
+        # trained and predicted at another pixel size (the source follows by pixel-size
+        # matching), scored on the target's own grid: the prediction is resampled back
+        data["target_shape"] = data["target_image"].shape
+        data["target_image"] = zoom_in_plane(data["target_image"], None, work_zoom)[0]
+        data["target_nm"] /= work_zoom
     return data
 
 
@@ -332,13 +342,20 @@ def main() -> int:
                    help="resample the target in-plane by this factor before training and "
                         "scoring (0.5: pixels twice as large, as a coarser microscope); its "
                         "runs are cached under DIRECTION-zoomF")
+    p.add_argument("--work-zoom", type=float, default=1.0,
+                   help="train and predict with the target resampled in-plane by this factor "
+                        "(the source matched to it), then score the prediction resampled back "
+                        "to the target's grid; cached under DIRECTION-workF")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args()
-    if not 0.1 <= args.target_zoom <= 4.0:
-        p.error(f"--target-zoom {args.target_zoom} must lie between 0.1 and 4.")
+    for flag, value in (("--target-zoom", args.target_zoom), ("--work-zoom", args.work_zoom)):
+        if not 0.1 <= value <= 4.0:
+            p.error(f"{flag} {value} must lie between 0.1 and 4.")
     source_direction = args.direction   # which volumes; args.direction names the cache folder
     if args.target_zoom != 1.0:
         args.direction = f"{args.direction}-zoom{args.target_zoom:g}"
+    if args.work_zoom != 1.0:
+        args.direction = f"{args.direction}-work{args.work_zoom:g}"
 
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -351,12 +368,12 @@ def main() -> int:
             path = cache_path(args.direction, method, seed, key, args.cache)
             if path.exists() or args.assemble:
                 continue
-            data = data or load_data(source_direction, args.target_zoom)
+            data = data or load_data(source_direction, args.target_zoom, args.work_zoom)
             print(f"training {method} seed {seed} ({cfg.iters} iterations) ...", flush=True)
             result = train_and_score(args.direction, cfg, args.device, data)
             record = {"direction": args.direction, "method": method, "seed": seed, "key": key,
                       "commit": commit(), "preset": args.preset, "overrides": args.overrides,
-                      "target_zoom": args.target_zoom,
+                      "target_zoom": args.target_zoom, "work_zoom": args.work_zoom,
                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "config": cfg.to_dict(), **result}
             path.parent.mkdir(parents=True, exist_ok=True)

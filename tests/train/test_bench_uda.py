@@ -107,3 +107,16 @@ def test_target_zoom_resamples_the_target_and_keeps_its_own_cache(real_root, tmp
     # unzoomed, VNC (4.6 nm) and Lucchi (5 nm) are within the tolerance: no resampling
     log, _ = _bench(real_root, cache, "--methods", "source-only", "--seeds", "0", *TINY)
     assert "resampled" not in log
+
+
+def test_work_zoom_trains_coarser_and_scores_on_the_targets_own_grid(real_root, tmp_path):
+    """--work-zoom 0.8: the target resampled for training and prediction only (the source
+    matched to it); the prediction comes back to the 64² grid of the target's labels."""
+    cache = tmp_path / "uda"
+    log, table = _bench(real_root, cache, "--methods", "source-only", "--seeds", "0",
+                        "--work-zoom", "0.8", *TINY)
+    assert table["direction"] == "vnc-to-lucchi-work0.8"
+    assert "source resampled in-plane by 0.736" in log
+    (run,) = (cache / "vnc-to-lucchi-work0.8").glob("source-only_seed0_*.json")
+    record = json.loads(run.read_text())
+    assert record["work_zoom"] == 0.8 and 0.0 <= record["metrics"]["iou"] <= 1.0
