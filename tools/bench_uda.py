@@ -139,9 +139,8 @@ def domains(cfg, data: dict):
     """(labelled source, unlabelled target) of ``load_data``'s arrays, each normalised by its
     own statistics at the config's clip percentiles; the source resampled to the target's
     pixel size where the rule says (``data.match_pixel_size``)."""
-    from masktwins_bio.train.domains import Domain
-
     from masktwins_bio.data.resample import source_zoom, zoom_in_plane
+    from masktwins_bio.train.domains import Domain
 
     d = cfg.data
     image, labels = data["source_image"], data["source_labels"]
@@ -175,6 +174,7 @@ def train_and_score(direction: str, cfg, device: str, data: dict) -> dict:
                              batch_size=4, device=trainer.device)
         if "target_shape" in data:  # --work-zoom: back to the target's own grid
             from skimage.transform import resize
+
             prob = resize(prob, data["target_shape"], order=1, preserve_range=True,
                           anti_aliasing=False).astype(prob.dtype)
         keep = METRICS + ("volume_iou", "volume_dice")
