@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from masktwins_bio.cli import main
-from masktwins_bio.commands.train import load_scene_domains
+from masktwins_bio.commands.train_data import load_scene_domains
 from masktwins_bio.config import build_config, parse_override
 from masktwins_bio.data.natural.preset import natural_preset
 from masktwins_bio.inference.model_io import load_model
