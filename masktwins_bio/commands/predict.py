@@ -56,6 +56,12 @@ def register(sub) -> None:
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the network: ~1.4x faster 2D forward on CPU after a "
                         "build of seconds to a minute; auto: 2D on CPU, jobs of >= 8192 windows")
+    p.add_argument("--pixel-nm", type=float, default=None, metavar="NM",
+                   help="the input's in-plane pixel size in nm (default: from its metadata)")
+    p.add_argument("--match-pixel-size", choices=("auto", "on", "off"), default="auto",
+                   help="predict through windows resampled to the network's pixel size: auto "
+                        "when both sizes are known and differ by more than 20%%, on whenever "
+                        "they differ, off never")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -78,7 +84,8 @@ def run(args) -> int:
         overlap=args.overlap, batch_size=args.batch_size, tta=args.tta, dtype=args.dtype,
         threshold=args.threshold, block=_block(args.block) if args.block else None,
         amp=not args.no_amp, optimize=not args.eager, threads=args.threads,
-        compile=args.compile)
+        compile=args.compile, pixel_nm=args.pixel_nm,
+        match_pixel_size={"auto": None, "on": True, "off": False}[args.match_pixel_size])
     summary = predict_volume(args.checkpoint, args.input, args.output, options,
                              device=args.device, which=args.which, resume=args.resume,
                              overwrite=args.overwrite, dask=args.dask, quiet=args.quiet,

@@ -162,12 +162,14 @@ def load_domains(cfg: RunConfig, data_root: str | None = None, rank: int = 0):
     t_img, _, t_voxel = (_specs(d.target, d.target_image, None, data_root) if has_target
                          else (None, None, None))
     zoom = 1.0
-    if has_target and d.kind == "em" and d.match_pixel_size is not False:
+    if d.kind == "em":
         from ..data.resample import source_zoom
 
-        zoom = source_zoom(_pixel_nm(d.source_pixel_nm, s_voxel, d.source, s_img),
-                           _pixel_nm(d.target_pixel_nm, t_voxel, d.target, t_img),
-                           d.match_pixel_size)
+        # pinned in the config the checkpoint keeps, so predict knows the network's pixel size
+        d.source_pixel_nm = _pixel_nm(d.source_pixel_nm, s_voxel, d.source, s_img)
+        if has_target:
+            d.target_pixel_nm = _pixel_nm(d.target_pixel_nm, t_voxel, d.target, t_img)
+            zoom = source_zoom(d.source_pixel_nm, d.target_pixel_nm, d.match_pixel_size)
     source, _ = _domain("source", d.source, s_img, s_lab, cfg, rank, keep_labels=True,
                         zoom=zoom)
     if not has_target:

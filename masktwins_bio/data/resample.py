@@ -15,6 +15,12 @@ target's pixel size before training. Prediction then runs on the target at its o
 untouched. Sections (z) are not resampled: the 2D networks never mix them, and a 3D network's
 blocks are set per axis.
 
+A run records the pixel sizes it found in its config (``data.source_pixel_nm`` /
+``data.target_pixel_nm``), so ``predict`` knows the pixel size the network works at
+(:func:`network_pixel_nm`) and applies the same rule to another volume: one whose pixel size
+differs by more than :data:`TOLERANCE` is predicted through resampled windows
+(``inference/forward.py``).
+
 scikit-image's ``rescale`` does the resampling (anti-aliased when shrinking, as a coarser
 detector integrates over a larger pixel); labels are resampled as a fraction and kept where at
 least half of the new pixel is foreground, so their share of the volume is kept.
@@ -38,7 +44,8 @@ def in_plane_nm(voxel_size) -> float | None:
 
 
 def source_zoom(source_nm: float | None, target_nm: float | None, match: bool | None) -> float:
-    """The in-plane factor to resample the source by (1.0: leave it).
+    """The in-plane factor that brings a volume of ``source_nm`` pixels to ``target_nm`` ones
+    (1.0: leave it): the training source to the target, or a volume to predict to the network.
 
     ``match`` None applies the rule: resample when both sizes are known and differ by more
     than :data:`TOLERANCE`; True resamples whenever both are known; False never."""
@@ -63,3 +70,12 @@ def zoom_in_plane(image: np.ndarray, labels: np.ndarray | None, zoom: float
 
     out_labels = None if labels is None else (resample(labels > 0) >= 0.5).astype(np.uint8)
     return resample(image), out_labels
+
+
+def network_pixel_nm(data) -> float | None:
+    """The in-plane pixel size (nm) a trained network works at, from its run's ``data`` config:
+    the target's when the run adapted to one (the source was matched to it, or was within
+    :data:`TOLERANCE`), the source's for a run without a target, else None (unknown)."""
+    if data.target or data.target_image:
+        return data.target_pixel_nm or None
+    return data.source_pixel_nm or None

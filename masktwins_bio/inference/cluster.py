@@ -28,7 +28,8 @@ def _predictor(job, device: str):
     from .predict import make_predictor
 
     key = (job.checkpoint, job.which, device, job.options.tta, job.options.amp,
-           job.options.optimize, job.options.threads, job.options.compile)
+           job.options.optimize, job.options.threads, job.options.compile,
+           job.options.pixel_zoom)
     with _LOCK:
         if key not in _CACHE:
             dev = select_device(device)

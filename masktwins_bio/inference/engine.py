@@ -193,21 +193,23 @@ def blend_array(model, image: np.ndarray, dims: int, roi: tuple, overlap: float 
                 batch_size: int = 4, device="cpu", tta: bool = False, optimize: bool = True,
                 block: tuple | None = None, stats=None,
                 predictor: Predictor | None = None, streams: int = 1,
-                amp: bool = True) -> np.ndarray:
+                amp: bool = True, zoom: float = 1.0) -> np.ndarray:
     """Foreground probability (Z, Y, X) float32 of an in-memory (Z, Y, X) image.
 
     The same engine as :func:`predict_volume` with an in-memory sink; ``stats`` None means
     the image is already normalised. Equals MONAI's ``sliding_window_inference`` with
-    ``mode="gaussian"`` and ``padding_mode="reflect"`` followed by a sigmoid.
+    ``mode="gaussian"`` and ``padding_mode="reflect"`` followed by a sigmoid. ``zoom`` != 1
+    predicts through windows resampled in-plane by it (``forward.py``); a given ``predictor``
+    brings its own.
     """
     from .store import ArraySink
 
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[None]
-    plan = make_plan(image.shape, roi, dims, overlap, block, batch_size)
     predictor = predictor or Predictor(model, dims, tuple(roi), device, tta=tta, amp=amp,
-                                       optimize=optimize)
+                                       optimize=optimize, zoom=zoom)
+    plan = make_plan(image.shape, predictor.input_window, dims, overlap, block, batch_size)
     sink = ArraySink(image.shape)
     run_tiles((TileWork(plan, t) for t in plan.tiles()), image, stats, predictor, sink,
               streams=streams)

@@ -12,10 +12,18 @@ traced and frozen graph (batch norm folded into convolutions), and on request (`
 seconds (cached kernels) to a minute (first use) to build. Every variant is checked against
 eager on a batch and dropped if it differs by more than 1e-4. A compiled network sees one batch
 shape only (shorter batches are padded), so it never recompiles mid-run.
+
+A volume imaged at another pixel size than the network was trained at (``zoom`` != 1, see
+``predict``'s ``--pixel-nm``) is predicted through windows of the *input's* grid that cover the
+network's field of view: each batch is resampled in-plane to the network's window (bilinear,
+anti-aliased when shrinking, as the training source was matched) and its logits back to the
+input's window, where they are weighted and blended as usual. So blocks, ledger and output keep
+the input's grid, and nothing larger than a batch is ever resampled.
 """
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 import warnings
 
@@ -32,6 +40,27 @@ def importance_map(window: tuple[int, ...]) -> torch.Tensor:
     from monai.data.utils import compute_importance_map
     return compute_importance_map(tuple(window), mode="gaussian", sigma_scale=GAUSSIAN_SIGMA,
                                   device="cpu", dtype=torch.float32)
+
+
+def input_window(window: tuple[int, ...], zoom: float) -> tuple[int, ...]:
+    """The window on the input's grid that covers a network ``window`` when the input is
+    resampled in-plane by ``zoom`` (2: the input's pixels are twice the network's)."""
+    if zoom == 1.0:
+        return tuple(window)
+    return (*window[:-2], *(max(1, int(math.floor(w / zoom + 0.5))) for w in window[-2:]))
+
+
+def resample_in_plane(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x`` (n, c, [z,] y, x) resampled in-plane to ``size``: bilinear, anti-aliased when
+    shrinking; z is never mixed (a 3D window is resampled slice by slice)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    lead = x.shape[:-2]
+    flat = x.reshape((-1, 1, *x.shape[-2:]))
+    out = torch.nn.functional.interpolate(flat, size=tuple(size), mode="bilinear",
+                                          align_corners=False, antialias=shrink)
+    return out.reshape((*lead, *size))
 
 
 def _memory_format(dims: int):
@@ -96,9 +125,13 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, dims: int, window: tuple[int, ...],
                  device: torch.device | str = "cpu", tta: bool = False, amp: bool = True,
                  optimize: bool = True, quiet: bool = False, compile: bool = False,
-                 batch_size: int = 4):
+                 batch_size: int = 4, zoom: float = 1.0):
         self.device = torch.device(device)
         self.dims, self.window = dims, tuple(window)
+        # the window the engine reads and blends: the network's, or on a resampled input the
+        # input's pixels that cover it (module docstring)
+        self.zoom = float(zoom)
+        self.input_window = input_window(self.window, self.zoom)
         self.quiet = quiet
         model = model.eval().to(self.device)
         self.fmt = _memory_format(dims)
@@ -113,7 +146,7 @@ class Predictor:
             self._use_plain(model, optimize)
         self.flips = [f for k in range(dims + 1)
                       for f in itertools.combinations(range(2, 2 + dims), k)] if tta else [()]
-        self.weight = importance_map(self.window).to(self.device)
+        self.weight = importance_map(self.input_window).to(self.device)
         self.max_batch: int | None = None  # lowered after a CUDA out-of-memory error
 
     def _use_plain(self, model: torch.nn.Module, optimize: bool = True) -> None:
@@ -144,7 +177,8 @@ class Predictor:
 
     @property
     def window3d(self) -> tuple[int, ...]:
-        return (1, *self.window) if self.dims == 2 else self.window
+        """The input window as (z, y, x): what a batch holds and the blender adds."""
+        return (1, *self.input_window) if self.dims == 2 else self.input_window
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         total = None
@@ -166,6 +200,7 @@ class Predictor:
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
+        x = resample_in_plane(x, self.window[-2:])
         if self.fixed_batch is not None and n < self.fixed_batch:  # pad, never recompile
             x = torch.cat([x, x.new_zeros((self.fixed_batch - n, *x.shape[1:]))])
         y = self._logits(x)[:n]
@@ -174,6 +209,7 @@ class Predictor:
                 f"The network returns shape {tuple(y.shape[1:])} for a window of {self.window}, "
                 "but one foreground channel of the window's size is needed; use a checkpoint of "
                 "a masktwins-bio segmentation run.")
+        y = resample_in_plane(y, self.input_window[-2:])
         return (y[:, 0] * self.weight).contiguous()
 
     @torch.inference_mode()
@@ -205,4 +241,4 @@ class Predictor:
 
     def check(self) -> None:
         """Run one window now, so a misfitting checkpoint fails before any output exists."""
-        self(np.zeros((1, 1, *self.window), dtype=np.float32))
+        self(np.zeros((1, 1, *self.input_window), dtype=np.float32))

@@ -21,7 +21,7 @@ from ..data.spec import parse_spec
 from ..errors import CheckpointError, InputError
 from .allocator import limit_arenas
 from .engine import pending_works, run_tiles
-from .forward import Predictor
+from .forward import Predictor, input_window
 from .ledger import finished_blocks, ledger_dir, read_run
 from .outputs import output_path
 from .plan import ACC_BUDGET, BlockPlan, make_plan
@@ -43,6 +43,9 @@ class PredictOptions:
     streams: int = 1                # forward passes at once
     budget: int = ACC_BUDGET
     compile: str = "auto"           # torch.compile: "on", "off", or "auto" (resolve_compile)
+    pixel_nm: float | None = None   # the input's in-plane pixel size (None: from its metadata)
+    match_pixel_size: bool | None = None  # resample to the network's pixel size: None = rule
+    pixel_zoom: float = 1.0         # resolved: the in-plane factor windows are resampled by
 
     def validate(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -59,6 +62,8 @@ class PredictOptions:
             raise InputError("--threads and --streams must be at least 1.")
         if self.compile not in ("auto", "on", "off"):
             raise InputError(f"--compile {self.compile} is unknown; use auto, on or off.")
+        if self.pixel_nm is not None and not self.pixel_nm > 0:
+            raise InputError(f"--pixel-nm {self.pixel_nm} must be a positive pixel size in nm.")
 
 
 # A compiled 2D UNet runs ~1.4x faster on CPU, but building it costs ~5 s with the kernels
@@ -120,6 +125,8 @@ def _fingerprint(job: PredictJob, shape, iteration: int, checkpoint_sha256: str,
             "device": device,
             "checkpoint": job.checkpoint, "iteration": iteration,
             "checkpoint_sha256": checkpoint_sha256,
+            # before the plan, whose window it sets: a refusal names the cause, not the window
+            "pixel_zoom": o.pixel_zoom,
             "overlap": plan.pop("overlap"), "block": plan.pop("block"),
             "batch_size": plan.pop("batch_size"), "plan": plan, "tta": o.tta,
             "dtype": o.dtype, "threshold": o.threshold, "amp": o.amp, "optimize": o.optimize,
@@ -135,7 +142,7 @@ def _recorded_threads(run: dict) -> int | None:
 
 
 # Fingerprint entries that outputs begun before the entry existed were made with.
-_LEGACY = {"compile": "off"}
+_LEGACY = {"compile": "off", "pixel_zoom": 1.0}
 # Entries such outputs cannot tell: a resume of one of them is not refused for lack of them.
 _UNKNOWN_BEFORE = ("checkpoint_sha256", "input_files", "device")
 
@@ -161,6 +168,11 @@ def _check_resume(out: Path, run: dict, new: dict) -> None:
             raise InputError(f"The checkpoint '{new['checkpoint']}' is not the one '{out}' was "
                              "started with (same path, other contents); resume with that "
                              "checkpoint or pass --overwrite to start again.")
+        if before != value and key == "pixel_zoom":
+            raise InputError(f"The output '{out}' was started with the input resampled in-plane "
+                             f"by {before:g} to the network's pixel size, now by {value:g}; "
+                             "resume with the same --pixel-nm and --match-pixel-size, or pass "
+                             "--overwrite to start again.")
         if before != value and key in _FLAGS:
             then, now = _FLAGS[key](before), _FLAGS[key](value)
             advice = _resume_with(then)
@@ -200,12 +212,35 @@ _FLAGS = {
 }
 
 
+def _pixel_zoom(options: PredictOptions, loaded, vol, quiet: bool) -> float:
+    """The in-plane factor that brings the input to the network's pixel size (1.0: none), by
+    the training rule (``data/resample.py``); a note says when it is not 1."""
+    from ..data.resample import in_plane_nm, network_pixel_nm, source_zoom
+
+    if options.match_pixel_size is False:
+        return 1.0
+    net_nm = network_pixel_nm(loaded.config.data)
+    in_nm = options.pixel_nm or in_plane_nm(vol.pixel_size)
+    if options.match_pixel_size and not (net_nm and in_nm):
+        missing = ("the checkpoint records no pixel size (it was trained before pixel sizes "
+                   "were kept, or on data without them)" if not net_nm else
+                   f"'{vol.path}' does not say its pixel size; give --pixel-nm")
+        raise InputError(f"--match-pixel-size on needs both pixel sizes, but {missing}.")
+    zoom = source_zoom(in_nm, net_nm, options.match_pixel_size)
+    if zoom != 1.0 and not quiet:
+        print(f"masktwins-bio: the input's {in_nm:g} nm pixels are resampled in-plane by "
+              f"{zoom:.3g} to the network's {net_nm:g} nm (--match-pixel-size off to keep "
+              "them).", file=sys.stderr)
+    return zoom
+
+
 def make_predictor(loaded, device, options: PredictOptions, quiet=True) -> Predictor:
     if options.threads:
         torch.set_num_threads(int(options.threads))
     predictor = Predictor(loaded.model, loaded.dims, loaded.roi, device, tta=options.tta,
                           amp=options.amp, optimize=options.optimize, quiet=quiet,
-                          compile=options.compile == "on", batch_size=options.batch_size)
+                          compile=options.compile == "on", batch_size=options.batch_size,
+                          zoom=options.pixel_zoom)
     try:
         predictor.check()
     except RuntimeError as err:
@@ -305,6 +340,7 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
                               "so give a checkpoint trained on grey EM volumes.") from None
     with open_volume(input_spec) as vol:
         shape, voxel_size, ndim_source = vol.shape, vol.output_voxel_size, vol.ndim_source
+        options = replace(options, pixel_zoom=_pixel_zoom(options, loaded, vol, quiet))
         if loaded.dims == 3 and ndim_source == 2:
             raise InputError(f"The checkpoint holds a 3D network but '{input_spec}' is a single "
                              "2D image; use a 2D run or give a volume.")
@@ -318,7 +354,8 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
         # machine's core count or --streams would pick, so it writes the uninterrupted bytes
         threads, streams = parallelism(dev, _recorded_threads(run), asked_streams)
         options = replace(options, threads=threads, streams=streams)
-    plan = make_plan(shape, loaded.roi, loaded.dims, options.overlap, options.block,
+    roi = input_window(loaded.roi, options.pixel_zoom)  # the network's view, on the input
+    plan = make_plan(shape, roi, loaded.dims, options.overlap, options.block,
                      options.batch_size, options.budget)
     options = replace(options, compile=resolve_compile(options.compile, dev, loaded.dims,
                                                        plan.n_windows, options.optimize))

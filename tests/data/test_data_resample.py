@@ -94,3 +94,13 @@ def test_pixel_sizes_come_from_the_files_metadata(tmp_path, tiny_config, capsys)
             "--quiet", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     assert "source resampled in-plane by 0.5" in capsys.readouterr().out
+    # the run keeps the sizes it found, so predict brings another volume to the network's
+    from masktwins_bio.config import load_yaml
+
+    saved = load_yaml(tmp_path / "run" / "config.yaml")["data"]
+    assert (saved["source_pixel_nm"], saved["target_pixel_nm"]) == (4.0, 8.0)
+    assert main(["predict", "--checkpoint", str(tmp_path / "run"), "--input",
+                 f"{paths['source']}:raw", "--output", str(tmp_path / "src.zarr"),
+                 "--device", "cpu", "--threads", "1"]) == 0
+    assert "4 nm pixels are resampled in-plane by 0.5 to the network's 8 nm" in \
+        capsys.readouterr().err
