@@ -61,7 +61,7 @@ def register(sub) -> None:
     p.add_argument("--match-pixel-size", choices=("auto", "on", "off"), default="auto",
                    help="predict through windows resampled to the network's pixel size: auto "
                         "when both sizes are known and differ by more than 20%%, on whenever "
-                        "they differ, off never")
+                        "both are known, off never")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
