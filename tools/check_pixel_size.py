@@ -5,7 +5,7 @@ predicts the Lucchi training volume as three microscopes would have imaged it: a
 at 10 nm and at 2.5 nm (resampled in-plane with scikit-image, anti-aliased). Each is predicted as
 it is and through windows resampled to the network's pixel size (``predict``'s
 ``--match-pixel-size``, ``masktwins_bio/inference/forward.py``), and scored on its labels
-resampled alike (DA-ISC per-slice IoU). Every second section is used, to keep 2.5 nm small in memory.
+resampled alike (DA-ISC per-slice IoU). Every second section is used, to keep 2.5 nm small.
 
     python tools/check_pixel_size.py --seed 0 [--json]
 
@@ -83,8 +83,7 @@ def main() -> int:
                f"{100 * row['resampled']['iou']:.1f}" if "resampled" in row else
                " (within 20% of the network's pixel size: not resampled)"), flush=True)
     record = {"seed": args.seed, "method": "source-only", "source": "vnc",
-              "network_nm": network_nm, "sections": f"every {EVERY}th of the Lucchi training "
-              "volume", "inputs": results, "train_seconds": trained, "commit": commit(),
+              "network_nm": network_nm, "sections": f"[::{EVERY}] of the Lucchi training volume", "inputs": results, "train_seconds": trained, "commit": commit(),
               "iters": cfg.iters, "threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"seed{args.seed}.json").write_text(json.dumps(record, indent=1) + "\n")
