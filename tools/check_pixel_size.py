@@ -83,7 +83,8 @@ def main() -> int:
                f"{100 * row['resampled']['iou']:.1f}" if "resampled" in row else
                " (within 20% of the network's pixel size: not resampled)"), flush=True)
     record = {"seed": args.seed, "method": "source-only", "source": "vnc",
-              "network_nm": network_nm, "sections": f"[::{EVERY}] of the Lucchi training volume", "inputs": results, "train_seconds": trained, "commit": commit(),
+              "network_nm": network_nm, "sections": f"[::{EVERY}] of the Lucchi training volume",
+              "inputs": results, "train_seconds": trained, "commit": commit(),
               "iters": cfg.iters, "threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"seed{args.seed}.json").write_text(json.dumps(record, indent=1) + "\n")
