@@ -154,14 +154,16 @@ class PredictionPlan:
     batch_size: int = 4
     device: object = "cpu"
     out_dir: str | None = None   # where an out-of-core result goes (a temp folder if None)
+    zoom: float = 1.0            # in-plane resampling to the network's pixel size (1: none)
     block_plan: object = field(init=False, repr=False)
 
     def __post_init__(self):
+        from masktwins_bio.inference.forward import input_window
         from masktwins_bio.inference.plan import make_plan
 
         self.roi = tuple(int(r) for r in (self.roi or self.loaded.roi))
-        self.block_plan = make_plan(self.region.shape, self.roi, self.loaded.dims, self.overlap,
-                                    None, self.batch_size)
+        self.block_plan = make_plan(self.region.shape, input_window(self.roi, self.zoom),
+                                    self.loaded.dims, self.overlap, None, self.batch_size)
 
     @property
     def dims(self) -> int:
@@ -183,11 +185,13 @@ class PredictionPlan:
         from masktwins_bio.inference.forward import Predictor
         from masktwins_bio.inference.predict import PredictOptions, make_predictor
 
-        options = PredictOptions(overlap=self.overlap, batch_size=self.batch_size)
+        options = PredictOptions(overlap=self.overlap, batch_size=self.batch_size,
+                                 pixel_zoom=self.zoom)
         if self.roi == tuple(self.loaded.roi):
             return make_predictor(self.loaded, self.device, options, quiet=True)
         return Predictor(self.loaded.model, self.loaded.dims, self.roi, self.device,
-                         amp=options.amp, optimize=options.optimize, quiet=True)
+                         amp=options.amp, optimize=options.optimize, quiet=True,
+                         zoom=self.zoom)
 
     def run(self, tick: Callable[[], None] = lambda: None,
             cancelled: Callable[[], bool] = lambda: False):
@@ -224,10 +228,31 @@ def check_settings(overlap: float, batch_size: int, roi) -> None:
         raise InputError(f"Window {tuple(roi)} must be at least 8 voxels on every axis.")
 
 
+# nm per unit of a layer's scale; napari (0.5+) keeps units as pint units, named in full
+_NM_PER_UNIT = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "micrometer": 1e3,
+                "micron": 1e3}
+
+
+def layer_pixel_nm(layer) -> float | None:
+    """The layer's in-plane pixel size in nm when its scale is a length (this plugin's reader
+    sets nm from the file's voxel size), else None (napari's default unit is the pixel)."""
+    units = getattr(layer, "units", None)
+    per_unit = _NM_PER_UNIT.get(str(units[-1])) if units else None
+    if per_unit is None:
+        return None
+    value = float(layer.scale[-1]) * per_unit
+    return value if value > 0 else None
+
+
 def plan_prediction(loaded, layer, volume, region: Region, stats, *, roi=None,
                     overlap: float = 0.25, batch_size: int = 4, device="cpu",
                     layer_is_2d: bool = False) -> PredictionPlan:
-    """A checked PredictionPlan; InputError for a job that cannot work (one sentence each)."""
+    """A checked PredictionPlan; InputError for a job that cannot work (one sentence each).
+
+    A layer whose scale is in nm and differs from the network's pixel size by more than 20% is
+    predicted through resampled windows, as ``masktwins-bio predict`` does by default."""
+    from masktwins_bio.data.resample import network_pixel_nm, source_zoom
+
     roi = tuple(int(r) for r in (roi or loaded.roi))
     if len(roi) != loaded.dims:
         raise InputError(f"The window {roi} has {len(roi)} sizes but the network is "
@@ -238,8 +263,9 @@ def plan_prediction(loaded, layer, volume, region: Region, stats, *, roi=None,
                          "a single 2D image; use a 2D run or a volume layer.")
     if region.size == 0:
         raise InputError(f"The region of layer '{layer_name(layer)}' is empty; choose another.")
+    zoom = source_zoom(layer_pixel_nm(layer), network_pixel_nm(loaded.config.data), None)
     return PredictionPlan(loaded, volume, region, stats, roi, float(overlap), int(batch_size),
-                          device)
+                          device, zoom=zoom)
 
 
 def instance_labels(prob, threshold: float):

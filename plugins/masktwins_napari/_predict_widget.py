@@ -211,7 +211,8 @@ class PredictWidget(CheckpointField, Container):
                                   "checkpoint": str(loaded.path),
                                   "iteration": loaded.iteration,
                                   "region": [list(plan.region.start), list(plan.region.stop)],
-                                  "window": list(plan.roi), "overlap": plan.overlap}}
+                                  "window": list(plan.roi), "overlap": plan.overlap,
+                                  "pixel_zoom": plan.zoom}}
         scratch = {SCRATCH_TAG: str(folder)} if folder is not None else {}
         meta.update(scratch)
         replace_layer(self._viewer, f"{layer.name} probability", prob, "image",
@@ -230,3 +231,5 @@ class PredictWidget(CheckpointField, Container):
         else:
             self._status.value = (f"done: {plan.steps} passes; the result is on disk "
                                   f"({prob.store}) and shown lazily")
+        if plan.zoom != 1.0:
+            self._status.value += f"; resampled by {plan.zoom:.3g} to the network's pixel size"

@@ -222,6 +222,40 @@ def test_plan_equals_cli_and_counts_every_pass(tmp_path, tiny_checkpoints, targe
                                rtol=0, atol=1e-6)
 
 
+def test_a_layer_in_nm_is_predicted_at_the_networks_pixel_size(tmp_path, tiny_checkpoints,
+                                                               target_volume):
+    """A layer with 8 nm pixels (scale in nm, as this plugin's reader sets it) and a network
+    adapted to a 4 nm target: windows resampled by 2, as `predict` does with --pixel-nm 8."""
+    from masktwins_bio.data.normalize import compute_stats
+    from masktwins_bio.train.checkpoint import load_checkpoint, save_checkpoint
+    from masktwins_napari._layers import Region
+    from masktwins_napari._models import load_predictor
+    from masktwins_napari._predict import layer_pixel_nm, plan_prediction
+
+    state = load_checkpoint(tiny_checkpoints[2])
+    state["config"]["data"].update(target_image="target.tif", target_pixel_nm=4.0)
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, tmp_path / "nm.pt")
+    image = target_volume[0]
+    layer = FakeLayer(image, scale=[30.0, 8.0, 8.0])
+    assert layer_pixel_nm(layer) is None          # a scale without units says nothing
+    layer.units = ("nm", "nm", "nm")
+    assert layer_pixel_nm(layer) == 8.0
+    assert layer_pixel_nm(FakeLayer(image, scale=[0.03, 0.008, 0.008])) is None
+    micron = FakeLayer(image, scale=[0.03, 0.008, 0.008])
+    micron.units = ("micrometer",) * 3
+    assert layer_pixel_nm(micron) == pytest.approx(8.0)
+    plan = plan_prediction(load_predictor(tmp_path / "nm.pt"), layer, image,
+                           Region.whole(image.shape), compute_stats(image))
+    assert plan.zoom == 2.0 and plan.block_plan.roi == (1, 16, 16)
+    np.testing.assert_allclose(plan.run(), _cli_prediction(tmp_path, image, tmp_path / "nm.pt",
+                                                           ("--pixel-nm", "8")),
+                               rtol=0, atol=1e-6)
+    layer.scale = np.asarray([30.0, 4.4, 4.4])    # within 20%: left as it is
+    plan = plan_prediction(load_predictor(tmp_path / "nm.pt"), layer, image,
+                           Region.whole(image.shape), compute_stats(image))
+    assert plan.zoom == 1.0 and plan.block_plan.roi == (1, 32, 32)
+
+
 def test_plan_cancels_between_passes(tiny_checkpoints, target_volume):
     from masktwins_bio.data.normalize import compute_stats
     from masktwins_napari._layers import Region
