@@ -76,6 +76,8 @@ def network_pixel_nm(data) -> float | None:
     """The in-plane pixel size (nm) a trained network works at, from its run's ``data`` config:
     the target's when the run adapted to one (the source was matched to it, or was within
     :data:`TOLERANCE`), the source's for a run without a target, else None (unknown)."""
+    if data.target_pixel_nm:
+        return data.target_pixel_nm
     if data.target or data.target_image:
-        return data.target_pixel_nm or None
+        return None
     return data.source_pixel_nm or None

@@ -37,6 +37,22 @@ def test_the_rule_resamples_only_known_sizes_beyond_the_tolerance():
     assert source_zoom(None, 10.0, True) == source_zoom(4.6, None, None) == 1.0
 
 
+def test_the_networks_pixel_size_is_the_targets_else_a_source_only_runs_source():
+    from types import SimpleNamespace as Data
+
+    from masktwins_bio.data.resample import network_pixel_nm
+
+    def data(**kw):
+        return Data(**{"target": None, "target_image": None, "source_pixel_nm": None,
+                       "target_pixel_nm": None, **kw})
+
+    assert network_pixel_nm(data(target="lucchi", source_pixel_nm=4.6, target_pixel_nm=5)) == 5
+    assert network_pixel_nm(data(source_pixel_nm=4.6)) == 4.6        # no target
+    assert network_pixel_nm(data(target_image="t.tif", source_pixel_nm=4.6)) is None
+    assert network_pixel_nm(data(target_pixel_nm=8.0)) == 8.0        # an in-memory run's key
+    assert network_pixel_nm(data()) is None
+
+
 def test_train_resamples_the_source_to_the_targets_pixel_size(tmp_path, train_args, capsys):
     args = train_args(tmp_path / "run", extra=["--iters", "1", "data.source_pixel_nm=4",
                                                "data.target_pixel_nm=8"])
