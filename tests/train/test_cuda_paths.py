@@ -42,6 +42,23 @@ def test_cuda_prediction_matches_cpu(domains, tiny_settings):
     np.testing.assert_allclose(cpu, gpu, atol=1e-3)
 
 
+@pytest.mark.parametrize("zoom", [2.0, 0.5])
+def test_resampled_windows_on_cuda_match_cpu(domains, tiny_settings, zoom):
+    """predict's windows resampled to the network's pixel size (inference/forward.py): the
+    interpolation runs on the device, under bf16/fp16 autocast for the network only."""
+    from masktwins_bio.inference.engine import blend_array
+    from masktwins_bio.models import build_model
+
+    cfg = build_config(tiny_settings, {"data": {"crop": [32, 32]}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2).eval()
+    image = domains[1].image
+    cpu = blend_array(model, image, 2, (32, 32), device="cpu", zoom=zoom, amp=False)
+    gpu = blend_array(model.cuda(), image, 2, (32, 32), device="cuda", zoom=zoom)
+    assert gpu.shape == cpu.shape == image.shape
+    np.testing.assert_allclose(cpu, gpu, atol=2e-2)
+
+
 def test_visible_norm_gradient_on_cuda_matches_cpu():
     """The hand-written weighted instance norm (train/visible_norm.py) under CUDA bf16
     autocast gives the CPU's float32 output and gradient to bf16 precision."""
