@@ -249,7 +249,7 @@ def plan_prediction(loaded, layer, volume, region: Region, stats, *, roi=None,
                     layer_is_2d: bool = False) -> PredictionPlan:
     """A checked PredictionPlan; InputError for a job that cannot work (one sentence each).
 
-    A layer whose scale is in nm and differs from the network's pixel size by more than 20% is
+    A layer whose scale is a length and differs from the network's pixel size by more than 20% is
     predicted through resampled windows, as ``masktwins-bio predict`` does by default."""
     from masktwins_bio.data.resample import network_pixel_nm, source_zoom
 
