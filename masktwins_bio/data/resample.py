@@ -3,10 +3,11 @@
 A UNet learns mitochondria at the pixel size it is shown. EM targets come at 4–5 nm (ssTEM,
 FIB-SEM) and at 8–20 nm (SBEM, mbSEM) in-plane; on a target with twice the source's pixel size
 the same network sees every mitochondrion at half its trained size. Measured on real EM
-(`tools/bench_uda.py --target-zoom 0.5`, Lucchi resampled to 10 nm pixels, seed 0):
-source-only fell from 43.0 to 32.9 IoU and MaskTwins from 65.9 to 46.8; with the source
-matched to 10 nm they gave 54.2 and 75.3. The reverse (Lucchi -> VNC at 9.2 nm) gained
-source-only 34.5 -> 46.7 and cost MaskTwins 63.9 -> 56.6 (README Results).
+(`tools/bench_uda.py --target-zoom 0.5`, Lucchi resampled to 10 nm pixels, seeds 0 and 1):
+source-only fell from 43.0, 45.4 to 32.9, 35.7 IoU and MaskTwins from 65.9, 63.5 to 46.8, 42.7;
+with the source matched to 10 nm they gave 54.2, 52.5 and 75.3, 75.5. The reverse (Lucchi -> VNC
+at 9.2 nm) gained source-only 34.5, 30.4 -> 46.7, 41.0 and moved MaskTwins 63.9, 63.0 -> 56.6,
+67.3 (README Results).
 
 So when both in-plane pixel sizes are known (the dataset registry, the file's metadata, or
 ``data.source_pixel_nm`` / ``data.target_pixel_nm``) and differ by more than
