@@ -340,10 +340,10 @@ def predict_volume(checkpoint, input_spec, output, options: PredictOptions | Non
                               "so give a checkpoint trained on grey EM volumes.") from None
     with open_volume(input_spec) as vol:
         shape, voxel_size, ndim_source = vol.shape, vol.output_voxel_size, vol.ndim_source
-        options = replace(options, pixel_zoom=_pixel_zoom(options, loaded, vol, quiet))
         if loaded.dims == 3 and ndim_source == 2:
             raise InputError(f"The checkpoint holds a 3D network but '{input_spec}' is a single "
                              "2D image; use a 2D run or give a volume.")
+        options = replace(options, pixel_zoom=_pixel_zoom(options, loaded, vol, quiet))
         run = {"resume": read_run(out), "complete": (completed(out) or {}).get("run")}.get(mode)
         # Computed once per volume and clip range, then read from beside the data (stats.py).
         stats = run["stats"] if run else volume_stats(
