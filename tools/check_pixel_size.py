@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    import tempfile
+
     import torch
 
     from masktwins_bio.data.resample import source_zoom, zoom_in_plane
@@ -45,7 +47,6 @@ def main() -> int:
     from masktwins_bio.metrics import evaluate_volumes
     from masktwins_bio.train.domains import Domain
     from masktwins_bio.train.trainer import Trainer
-    import tempfile
 
     cfg = resolve("cpu", "source-only", args.seed, args.iters, [])
     cfg.device = "cpu"
@@ -75,7 +76,8 @@ def main() -> int:
             with torch.inference_mode():
                 prob = blend_array(model, img, cfg.dims, cfg.crop, 0.25, 4, optimize=False,
                                    zoom=z)
-            row[name] = {k: evaluate_volumes(prob, lab)[k] for k in ("iou", "f1", "map")}
+            metrics = evaluate_volumes(prob, lab)
+            row[name] = {k: metrics[k] for k in ("iou", "f1", "map")}
         results[f"{nm:g}nm"] = row
         print(f"Lucchi at {nm:g} nm {tuple(img.shape)}: as is IoU "
               f"{100 * row['as_is']['iou']:.1f}" +
