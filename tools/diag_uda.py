@@ -133,6 +133,8 @@ def main() -> int:
     p.add_argument("--every", type=int, default=500, help="iterations between lines")
     p.add_argument("--sections", type=int, default=13, help="target sections scored")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--target-zoom", type=float, default=1.0,
+                   help="the target (and its labels) resampled in-plane, as bench_uda's")
     p.add_argument("--objects", action="store_true",
                    help="print the mitochondria sizes of both volumes and exit")
     p.add_argument("--warmup-teacher", action="store_true",
@@ -148,7 +150,7 @@ def main() -> int:
 
     cfg = bench_uda.resolve("cpu", args.method, args.seed, None, args.overrides)
     cfg.val_every, cfg.device = args.every, args.device
-    data = bench_uda.load_data(args.direction)
+    data = bench_uda.load_data(args.direction, target_zoom=args.target_zoom)
     source, target = bench_uda.domains(cfg, data)
     step = max(1, target.image.shape[0] // max(1, args.sections - 1))
     watch = (target.image[::step], np.asarray(data["target_labels"][::step], bool))
