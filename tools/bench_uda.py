@@ -46,9 +46,10 @@ CPU_PRESET = {
     # 2026-11-28; the earlier table: uda.teacher_flips=false uda.teacher_context=0), blocks of
     # 1/16 of the side, and prior-matched pseudo-labels (since 2026-11-29; the tables before
     # it: uda.prior_match=false), masked views normalised by their visible voxels (since
-    # 2026-11-30; the tables before it: mask.visible_norm=false).
+    # 2026-11-30; the tables before it: mask.visible_norm=false), the twins' consistency
+    # directed (since 2026-12-01; the tables before it: uda.consistency=symmetric).
     "uda": {"ema": 0.99, "warmup_iters": 1000, "teacher_flips": True, "teacher_context": 32,
-            "prior_match": True},
+            "prior_match": True, "consistency": "visible"},
     "mask": {"block": [1, 16, 16], "visible_norm": True},
     # bf16 autocast on a CPU with bf16 instructions (since 2026-11-30 evening; the tables
     # before it: amp_cpu=false). The cached runs' `autocast` says what each one used.
@@ -88,16 +89,22 @@ TEACHER_ONLY = {"teacher_flips", "teacher_context", "classmix", "prior_match", "
                 "prior"}
 # The uda options only the masked methods read.
 MASKED_ONLY = {"lambda_unmasked", "consistency"}
+# ... and those only the two-view ones (rmask, masktwins) read: mic's one view has no twin.
+# (lambda_cm is not here: mic's cached runs were keyed with it.)
+TWIN_ONLY = {"consistency"}
+TWIN_METHODS = {"rmask", "masktwins"}
 
 
 def run_key(direction: str, cfg_dict: dict) -> str:
     """Hash of the direction and the resolved config, less what the method never reads: the
-    mask settings (and ``uda.lambda_unmasked``) of methods without masks and the teacher
-    options of source-only (tests/train/test_methods.py checks they are unused), so a change of
-    those defaults keeps their cached runs."""
+    mask settings (and ``uda.lambda_unmasked``) of methods without masks, the twins'
+    consistency form of methods without twins and the teacher options of source-only
+    (tests/train/test_methods.py checks they are unused), so a change of those defaults keeps
+    their cached runs."""
     method = cfg_dict.get("method")
     unread = (set() if method in USES_MASKS else MASKED_ONLY) | \
-        (set() if method in USES_TEACHER else TEACHER_ONLY)
+        (set() if method in USES_TEACHER else TEACHER_ONLY) | \
+        (set() if method in TWIN_METHODS else TWIN_ONLY)
     if method not in USES_MASKS:
         cfg_dict = {k: v for k, v in cfg_dict.items() if k != "mask"}
     if "uda" in cfg_dict:

@@ -11,8 +11,9 @@ masktwins         complementary pair (M, 1-M):              L_cl on both + L_cm 
 ================  ========================================================================
 
 ``rmask`` differs from ``masktwins`` only in how the second mask is drawn, which is what the
-paper's ablation isolates. With ``uda.consistency: visible`` their L_cm pulls, at each voxel
-one twin saw, the other twin's logit towards the seeing twin's (losses.twin_consistency).
+paper's ablation isolates. With ``uda.consistency: visible`` (the default) their L_cm pulls,
+at each voxel one twin saw, the other twin's logit towards the seeing twin's
+(losses.twin_consistency); ``symmetric`` is the official term.
 Pseudo-labels come from the teacher on the *unmasked*, weakly augmented target; the student
 sees the photometrically augmented target (the same for both twins), then masked. With
 ``model.num_classes > 1`` (driving scenes) the teacher's softmax argmax is the pseudo-label and
