@@ -88,7 +88,7 @@ def commit() -> str:
 TEACHER_ONLY = {"teacher_flips", "teacher_context", "classmix", "prior_match", "prior_momentum",
                 "prior"}
 # The uda options only the masked methods read.
-MASKED_ONLY = {"lambda_unmasked", "consistency"}
+MASKED_ONLY = {"lambda_unmasked"}
 # ... and those only the two-view ones (rmask, masktwins) read: mic's one view has no twin.
 # (lambda_cm is not here: mic's cached runs were keyed with it.)
 TWIN_ONLY = {"consistency"}
