@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from masktwins_bio.config import ADDED_LATER, METHODS, build_config, load_yaml  # noqa: E402
 from masktwins_bio.data.paths import write_json_atomic  # noqa: E402
-from masktwins_bio.train.methods import USES_MASKS, USES_TEACHER  # noqa: E402
+from masktwins_bio.train.methods import USES_MASKS, USES_TEACHER, USES_TWINS  # noqa: E402
 
 CACHE = ROOT / "tools" / "results" / "uda"
 METRICS = ("iou", "f1", "mcc", "map")
@@ -92,7 +92,6 @@ MASKED_ONLY = {"lambda_unmasked"}
 # ... and those only the two-view ones (rmask, masktwins) read: mic's one view has no twin.
 # (lambda_cm is not here: mic's cached runs were keyed with it.)
 TWIN_ONLY = {"consistency"}
-TWIN_METHODS = {"rmask", "masktwins"}
 
 
 def run_key(direction: str, cfg_dict: dict) -> str:
@@ -104,7 +103,7 @@ def run_key(direction: str, cfg_dict: dict) -> str:
     method = cfg_dict.get("method")
     unread = (set() if method in USES_MASKS else MASKED_ONLY) | \
         (set() if method in USES_TEACHER else TEACHER_ONLY) | \
-        (set() if method in TWIN_METHODS else TWIN_ONLY)
+        (set() if method in USES_TWINS else TWIN_ONLY)
     if method not in USES_MASKS:
         cfg_dict = {k: v for k, v in cfg_dict.items() if k != "mask"}
     if "uda" in cfg_dict:

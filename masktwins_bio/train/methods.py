@@ -50,6 +50,7 @@ from .visible_norm import visible_statistics
 
 USES_TEACHER = {"mean-teacher", "mic", "rmask", "masktwins"}
 USES_MASKS = {"mic", "rmask", "masktwins"}
+USES_TWINS = {"rmask", "masktwins"}  # two masked views with L_cm between them
 
 
 def _view(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
